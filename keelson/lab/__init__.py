@@ -1,0 +1,1 @@
+"""The lab: a fleet of systemd "servers" in containers, reached over SSH."""

@@ -1,0 +1,52 @@
+"""The end-to-end lab: brought up once per test run, used by every e2e test
+in a fixed order, and removed at the end (nothing may be left behind)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from keelson.lab import fleet as lab_fleet
+from tests.helpers import ROOT, PlaybookRun, run_playbook
+
+LAB_INVENTORY = ROOT / "inventories" / "lab"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory) -> lab_fleet.Fleet:
+    fleet = lab_fleet.load_fleet(LAB_INVENTORY)
+    keep = os.environ.get("KEELSON_E2E_KEEP") == "1"
+    # A fresh fleet every run: e2e proves convergence from bare servers.
+    if os.environ.get("KEELSON_E2E_REUSE") != "1":
+        lab_fleet.down(fleet.name, log=lambda _m: None)
+    lab_fleet.up(fleet)
+    yield fleet
+    if not keep:
+        lab_fleet.down(fleet.name, state_dir=fleet.state_dir)
+        left = lab_fleet.leftovers(fleet.name)
+        assert not left, f"`lab down` left these behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def summaries(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("summaries")
+
+
+@pytest.fixture(scope="session")
+def first_converge(lab, summaries) -> PlaybookRun:
+    return run_playbook("site.yml", "-i", str(LAB_INVENTORY), summary_file=summaries / "first.json")
+
+
+@pytest.fixture(scope="session")
+def testinfra_hosts(lab, first_converge):
+    import testinfra
+
+    return {h.name: testinfra.get_host(f"ansible://{h.name}", ansible_inventory=str(LAB_INVENTORY)) for h in lab.hosts}

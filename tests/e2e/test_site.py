@@ -1,0 +1,91 @@
+"""site.yml on the lab fleet, over real SSH: converge, idempotence, check
+mode, behaviour of the result, and bad input refused before any change.
+
+The tests run in file order against one lab (see conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from keelson.lab import fleet as lab_fleet
+from tests.e2e.conftest import LAB_INVENTORY
+from tests.helpers import run_playbook
+
+DEPLOY_USER = "keelson"
+
+
+def _recap(run) -> str:
+    return json.dumps(run.summary.get("hosts", {}), indent=1)
+
+
+def test_site_converges_every_lab_host(lab, first_converge):
+    assert first_converge.returncode == 0, first_converge.output[-15000:]
+    hosts = first_converge.summary["hosts"]
+    assert sorted(hosts) == sorted(h.name for h in lab.hosts)
+    assert all(s["failures"] == 0 and s["unreachable"] == 0 for s in hosts.values()), _recap(first_converge)
+    assert all(s["changed"] > 0 for s in hosts.values()), "a fresh host must need changes"
+
+
+def test_second_run_changes_nothing(lab, first_converge, summaries):
+    run = run_playbook("site.yml", "-i", str(LAB_INVENTORY), summary_file=summaries / "second.json")
+    assert run.returncode == 0, run.output[-15000:]
+    assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
+
+
+def test_check_and_diff_on_a_converged_fleet_report_no_change(lab, first_converge, summaries):
+    run = run_playbook("site.yml", "-i", str(LAB_INVENTORY), "--check", "--diff", summary_file=summaries / "check.json")
+    assert run.returncode == 0, run.output[-15000:]
+    assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
+
+
+def test_deploy_user_logs_in_with_the_key_and_has_sudo(lab, first_converge):
+    for host in lab.hosts:
+        argv = [*lab_fleet.ssh_command(lab, host, user=DEPLOY_USER), "sudo", "-n", "id", "-u"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0 and proc.stdout.strip() == "0", f"{host.name}: {proc.stderr}"
+
+
+def test_unknown_key_is_refused(lab, first_converge, tmp_path):
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    host = lab.hosts[0]
+    argv = lab_fleet.ssh_command(lab, host, user=DEPLOY_USER)
+    argv[argv.index("-i") + 1] = str(stranger)
+    proc = subprocess.run([*argv, "true"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 255 and "Permission denied" in proc.stderr
+
+
+def test_baseline_behaves_on_every_host(lab, testinfra_hosts):
+    for name, host in testinfra_hosts.items():
+        facts = json.loads(host.file("/etc/ansible/facts.d/keelson.fact").content_string)
+        assert facts["managed"] is True, name
+        assert sorted(facts["groups"]) == sorted(lab.host(name).groups), name
+        assert host.check_output("timedatectl show -p Timezone --value") == "Etc/UTC", name
+        # Security updates only, and the tool agrees with its own config.
+        assert host.run("unattended-upgrade --dry-run").rc == 0, name
+        # journald runs with the caps (effective configuration, not a file).
+        journald = host.check_output("systemd-analyze cat-config systemd/journald.conf")
+        assert "SystemMaxUse=" in journald, name
+        # Network sysctls are namespaced, so the lab can apply and read them.
+        assert host.check_output("sysctl -n net.ipv4.tcp_syncookies") == "1", name
+        assert host.check_output("sysctl -n net.ipv4.conf.all.accept_redirects") == "0", name
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "variable"),
+    [
+        ('{"base_sysctl_extra": "not-a-dict"}', "base_sysctl_extra"),
+        ('{"base_unattended_automatic_reboot": "sometimes"}', "base_unattended_automatic_reboot"),
+        ('{"base_journald_system_max_use": "lots"}', "base_journald_system_max_use"),
+    ],
+)
+def test_bad_base_input_fails_before_any_change(lab, first_converge, summaries, extra_vars, variable):
+    run = run_playbook(
+        "site.yml", "-i", str(LAB_INVENTORY), "-e", extra_vars, summary_file=summaries / f"bad-{variable}.json"
+    )
+    assert run.returncode != 0
+    assert variable in run.output, run.output[-5000:]
+    assert run.changed_tasks() == [], "nothing may change when the input is bad"

@@ -1,0 +1,51 @@
+"""Shared helpers for Keelson's test suite (paths, tool environment, playbook runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    output: str
+    summary: dict
+
+    def changed_tasks(self) -> list[str]:
+        return [f"{t['host']}: {t['task']}" for t in self.summary.get("changed_tasks", [])]
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for Ansible tools: the venv first on PATH, our ansible.cfg."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    return env
+
+
+def run_playbook(playbook: str | Path, *args: str, summary_file: Path, timeout: int = 1800) -> PlaybookRun:
+    """Run ansible-playbook from the project root; return output and the JSON summary."""
+    env = tool_env()
+    env["KEELSON_SUMMARY_FILE"] = str(summary_file)
+    summary_file.unlink(missing_ok=True)
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), str(playbook), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return PlaybookRun(proc.returncode, proc.stdout + proc.stderr, summary)
