@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import testinfra
 
 from keelson.lab import fleet as lab_fleet
 from tests.helpers import ROOT, PlaybookRun, run_playbook
@@ -47,6 +48,4 @@ def first_converge(lab, summaries) -> PlaybookRun:
 
 @pytest.fixture(scope="session")
 def testinfra_hosts(lab, first_converge):
-    import testinfra
-
     return {h.name: testinfra.get_host(f"ansible://{h.name}", ansible_inventory=str(LAB_INVENTORY)) for h in lab.hosts}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import docker
 import pytest
 
 from keelson.lab import images
@@ -18,8 +19,6 @@ SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.y
 @pytest.fixture(scope="session")
 def host_images():
     """Molecule uses the lab's host images by their stable alias."""
-    import docker
-
     client = docker.from_env()
     for release in images.HOST_IMAGES:
         images.build_host_image(client, images.host_image(release))

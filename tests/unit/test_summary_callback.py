@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
-from tests.helpers import run_playbook
+from tests.helpers import BIN, ROOT, run_playbook, tool_env
 
 PLAYBOOK = """
 - name: Exercise the summary callback
@@ -47,11 +48,7 @@ def test_summary_records_stats_and_each_changed_task(tmp_path):
     assert run.summary["failed_tasks"] == []
 
 
-def test_no_file_is_written_without_the_variable(tmp_path, monkeypatch):
-    import subprocess
-
-    from tests.helpers import BIN, ROOT, tool_env
-
+def test_no_file_is_written_without_the_variable(tmp_path):
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK)
     env = tool_env()
