@@ -90,12 +90,15 @@ def ssh(
     host: Annotated[str, typer.Argument(help="Inventory name of the host.")],
     command: Annotated[list[str] | None, typer.Argument(help="Command to run instead of a shell.")] = None,
     inventory: InventoryOpt = DEFAULT_INVENTORY,
-    user: Annotated[str, typer.Option("--user", "-u")] = "root",
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="Default: the deploy user if it can log in, else root.")
+    ] = None,
 ) -> None:
     """Open an SSH session to a lab host with the lab's key and known_hosts."""
     fleet = _load(inventory)
     try:
         target = fleet.host(host)
+        user = user or lab_fleet.login_user(fleet, target)
     except lab_fleet.LabError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

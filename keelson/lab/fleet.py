@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -309,16 +310,44 @@ def ssh_command(fleet: Fleet, host: LabHost, user: str = "root") -> list[str]:
     ]
 
 
-def _wait_ssh(fleet: Fleet, host: LabHost, timeout: float = 60) -> None:
+def _wait_ssh(fleet: Fleet, host: LabHost, user: str = "root", timeout: float = 60) -> None:
+    """Wait until ``user`` can log in with the lab key."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        result = subprocess.run([*ssh_command(fleet, host), "true"], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [*ssh_command(fleet, host, user=user), "true"], capture_output=True, text=True, check=False
+        )
         if result.returncode == 0:
             return
         last = result.stderr.strip()
         time.sleep(1)
-    raise LabError(f"{host.name}: SSH login as root with the lab key failed: {last}")
+    raise LabError(f"{host.name}: SSH login as {user} with the lab key failed: {last}")
+
+
+def _wait_sshd(host: LabHost, timeout: float = 60) -> None:
+    """Wait until sshd answers with its banner (no login: root may be locked out by then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host.address, 22), timeout=5) as conn:
+                if conn.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise LabError(f"{host.name}: sshd does not answer on {host.address}:22")
+
+
+def login_user(fleet: Fleet, host: LabHost, candidates: tuple[str, ...] = ("keelson", "root")) -> str:
+    """The first of ``candidates`` that can log in (the deploy user once it exists, root before)."""
+    for user in candidates:
+        probe = subprocess.run(
+            [*ssh_command(fleet, host, user=user), "true"], capture_output=True, text=True, check=False
+        )
+        if probe.returncode == 0:
+            return user
+    raise LabError(f"{host.name}: none of {', '.join(candidates)} can log in with the lab key")
 
 
 def _forget_facts(host: LabHost) -> None:
@@ -343,6 +372,7 @@ def up(fleet: Fleet, log: Callable[[str], None] = print) -> None:
     pubkey = key.with_suffix(".pub").read_bytes()
     _ensure_network(client, fleet)
     known: list[str] = []
+    created: list[LabHost] = []
     for host in fleet.hosts:
         name = host.container_name(fleet.name)
         try:
@@ -362,6 +392,7 @@ def up(fleet: Fleet, log: Callable[[str], None] = print) -> None:
             log(f"{host.name}: starting (Debian {host.release}, {host.address})")
             container = _create_host(client, fleet, host, tags[host.release])
             _forget_facts(host)
+            created.append(host)
         elif container.status != "running":
             container.start()
         _wait_booted(container)
@@ -373,7 +404,12 @@ def up(fleet: Fleet, log: Callable[[str], None] = print) -> None:
     tmp.write_text("\n".join(known) + "\n")
     os.replace(tmp, fleet.known_hosts)
     for host in fleet.hosts:
-        _wait_ssh(fleet, host)
+        # A new host only has root with the lab key; a converged one may have
+        # root logins turned off, so only sshd itself is checked there.
+        if host in created:
+            _wait_ssh(fleet, host)
+        else:
+            _wait_sshd(host)
     log(f"lab {fleet.name}: {len(fleet.hosts)} hosts up; inventory {fleet.inventory}")
 
 

@@ -126,12 +126,13 @@ class NftCommit:
         return normalise(out)
 
     def check(self, body):
-        """Validate the replacement script without applying it (nft -c)."""
-        path = self._write("candidate.nft", replace_script(self.table, body))
-        rc, _out, err = self._nft("-c", "-f", path)
+        """Validate the replacement script without applying it (nft -c); changes no file."""
+        with tempfile.NamedTemporaryFile("w", suffix=".nft", prefix="keelson-check-") as handle:
+            handle.write(replace_script(self.table, body))
+            handle.flush()
+            rc, _out, err = self._nft("-c", "-f", handle.name)
         if rc != 0:
             raise NftError(f"nft rejected the new ruleset (nothing was changed):\n{err.strip()}")
-        return path
 
     def in_sync(self, body):
         """True when the wanted body is what was last confirmed and is live."""
@@ -146,7 +147,8 @@ class NftCommit:
         """Load ``body`` now and arm a rollback in ``timeout`` seconds."""
         if timeout < 10:
             raise NftError("timeout must be at least 10 seconds to leave time to confirm")
-        candidate = self.check(body)
+        self.check(body)
+        candidate = self._write("candidate.nft", replace_script(self.table, body))
         previous = self.pending()
         if previous:
             # An earlier change was never confirmed: its saved table is the
@@ -155,7 +157,11 @@ class NftCommit:
             backup = previous["backup"]
         else:
             backup = self._write("rollback.nft", replace_script(self.table, self.live()))
-        revert = self.nft + ["-f", backup]
+        # Load the saved table, then forget the pending change: the host is
+        # back at the last confirmed state.
+        revert = ["sh", "-c", '"$0" -f "$1" && rm -f "$2"', self.nft[-1], backup, self._path("pending.json")]
+        if len(self.nft) > 1:
+            revert = self.nft[:-1] + revert
         self.schedule(self.unit, timeout, revert)
         self._write("pending.json", json.dumps({"backup": backup, "body": digest(body), "timeout": timeout}))
         rc, _out, err = self._nft("-f", candidate)

@@ -73,9 +73,6 @@ backup:
   returned: when state is applied and something changed
 """
 
-import shutil
-import subprocess
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.keelson_nft import NftCommit, NftError
 
@@ -94,7 +91,16 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    nft = module.get_bin_path("nft", required=True)
+    nft = module.get_bin_path("nft")
+    if nft is None:
+        if module.check_mode:
+            # A fresh host in check mode: the package is not installed yet.
+            module.exit_json(
+                changed=p["state"] != "rolled_back",
+                rollback_armed=False,
+                msg="nft is not installed yet; the ruleset could not be validated in check mode",
+            )
+        module.fail_json(msg="nft is not installed (install the nftables package first)")
 
     def run(argv, data=None):
         return module.run_command(argv, data=data, binary_data=True)
@@ -119,19 +125,9 @@ def main():
             raise NftError(f"cannot arm the rollback timer (nothing was changed): {err.strip()}")
 
     def cancel(unit):
-        systemctl = shutil.which("systemctl") or "systemctl"
-        subprocess.run(
-            [systemctl, "stop", unit + ".timer", unit + ".service"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
-        subprocess.run(
-            [systemctl, "reset-failed", unit + ".timer", unit + ".service"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
+        # Stopping a unit that does not exist is fine: nothing was armed.
+        module.run_command(["systemctl", "stop", unit + ".timer", unit + ".service"])
+        module.run_command(["systemctl", "reset-failed", unit + ".timer", unit + ".service"])
 
     try:
         nftc = NftCommit(run, schedule, cancel, table=p["table"], state_dir=p["state_dir"], nft=(nft,))

@@ -13,6 +13,7 @@ from keelson.lab import fleet as lab_fleet
 from tests.helpers import ROOT, PlaybookRun, run_playbook
 
 LAB_INVENTORY = ROOT / "inventories" / "lab"
+DEPLOY_USER = "keelson"
 
 
 def pytest_collection_modifyitems(items):
@@ -48,4 +49,12 @@ def first_converge(lab, summaries) -> PlaybookRun:
 
 @pytest.fixture(scope="session")
 def testinfra_hosts(lab, first_converge):
-    return {h.name: testinfra.get_host(f"ansible://{h.name}", ansible_inventory=str(LAB_INVENTORY)) for h in lab.hosts}
+    """Testinfra over plain SSH as the deploy user, with the lab's key and known_hosts
+    (its ansible backend does not template the inventory's connection variables)."""
+    options = f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+    return {
+        h.name: testinfra.get_host(
+            f"ssh://{DEPLOY_USER}@{h.address}", ssh_identity_file=str(lab.key_path), ssh_extra_args=options, sudo=True
+        )
+        for h in lab.hosts
+    }

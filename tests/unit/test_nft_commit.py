@@ -102,6 +102,8 @@ def test_unconfirmed_change_is_reverted_by_the_armed_command(netns, tmp_path):
     _seconds, argv = timers.armed["keelson-nft-rollback"]
     subprocess.run(["ip", "netns", "exec", netns, *argv], check=True)
     assert nft.live() == before
+    assert nft.pending() is None, "after the rollback nothing awaits confirmation"
+    assert nft.in_sync(ALLOW_SSH), "the last confirmed table is in force again"
     assert not nft.in_sync(ALLOW_WEB)
 
 

@@ -11,10 +11,8 @@ import subprocess
 import pytest
 
 from keelson.lab import fleet as lab_fleet
-from tests.e2e.conftest import LAB_INVENTORY
+from tests.e2e.conftest import DEPLOY_USER, LAB_INVENTORY
 from tests.helpers import run_playbook
-
-DEPLOY_USER = "keelson"
 
 
 def _recap(run) -> str:
