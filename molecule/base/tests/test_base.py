@@ -234,3 +234,22 @@ def test_keelson_facts_file(host):
         "admin_group": ADMIN_GROUP,
         "keelson_version": "0.0.0-molecule",
     }
+
+
+def test_login_shells_get_the_restrictive_umask(host):
+    result = host.run(f"ssh -i {TEST_KEY} {SSH_OPTS} {DEPLOY_USER}@127.0.0.1 bash -lc umask")
+    assert result.rc == 0, result.stderr
+    assert result.stdout.strip() == "0027"
+    assert "UMASK\t\t027" in host.file("/etc/login.defs").content_string
+
+
+def test_core_dumps_are_off_for_a_fresh_login(host):
+    # sshd's PAM stack applies limits.d to the new session.
+    result = host.run(f"ssh -i {TEST_KEY} {SSH_OPTS} {DEPLOY_USER}@127.0.0.1 ulimit -Hc")
+    assert result.rc == 0, result.stderr
+    assert result.stdout.strip() == "0"
+
+
+def test_legacy_clients_are_absent(host):
+    for package in ("telnet", "rsh-client", "talk", "ftp"):
+        assert not host.package(package).is_installed, package
