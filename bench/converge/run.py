@@ -43,6 +43,7 @@ def write_inventory(directory: Path, size: int) -> Path:
     lab_vars = lab_vars.replace("keelson_lab_subnet: 172.30.77.0/24", f"keelson_lab_subnet: {SUBNET}")
     (directory / "group_vars" / "all" / "lab.yml").write_text(lab_vars)
     main = (ROOT / "inventories" / "lab" / "group_vars" / "all" / "main.yml").read_text()
+    main = main.replace("172.30.77.1/32", "172.30.78.1/32")  # the controller on the bench network
     (directory / "group_vars" / "all" / "main.yml").write_text(main)
     return directory
 

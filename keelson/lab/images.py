@@ -144,7 +144,21 @@ def build_host_image(
         client.api.import_image(src=str(tarball), repository=repo, tag=tagname, changes=changes)
     client.images.get(tag).tag(image.alias)
     log(f"host image {tag} built")
+    _prune_stale(client, image, tag, log)
     return tag
+
+
+def _prune_stale(client: docker.DockerClient, image: HostImage, keep: str, log: Callable[[str], None]) -> None:
+    """Remove older builds of the same release that no container uses any more."""
+    prefix = f"{IMAGE_REPO}:{image.release}-"
+    for old in client.images.list(name=IMAGE_REPO):
+        stale = [t for t in old.tags if t.startswith(prefix) and t != keep]
+        for old_tag in stale:
+            try:
+                client.images.remove(old_tag)
+                log(f"removed stale host image {old_tag}")
+            except docker.errors.APIError:
+                pass  # still used by a container; `keelson lab down` frees it
 
 
 def context_hash(context: Path, base_id: str, buildargs: dict[str, str] | None = None) -> str:

@@ -55,6 +55,33 @@ def normalise(listing):
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def drop_dynamic_elements(listing):
+    """Remove the elements of dynamic sets (per-source rate state the kernel
+    adds at run time), keeping everything that was configured."""
+    out = []
+    in_set = dynamic = skipping = False
+    depth = 0
+    for line in listing.splitlines():
+        stripped = line.strip()
+        if skipping:
+            depth += stripped.count("{") - stripped.count("}")
+            if depth <= 0:
+                skipping = False
+            continue
+        if re.match(r"^set \S+ \{$", stripped):
+            in_set, dynamic = True, False
+        elif in_set and stripped.startswith("flags") and "dynamic" in stripped:
+            dynamic = True
+        elif in_set and dynamic and stripped.startswith("elements = {"):
+            depth = stripped.count("{") - stripped.count("}")
+            skipping = depth > 0
+            continue
+        elif in_set and stripped == "}":
+            in_set = False
+        out.append(line)
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def digest(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -123,7 +150,7 @@ class NftCommit:
             if "No such file or directory" in err or "does not exist" in err:
                 return ""
             raise NftError(f"cannot read table {self.table}: {err.strip()}")
-        return normalise(out)
+        return normalise(drop_dynamic_elements(out))
 
     def check(self, body):
         """Validate the replacement script without applying it (nft -c); changes no file."""

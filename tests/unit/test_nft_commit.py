@@ -172,3 +172,48 @@ def test_too_short_a_timeout_is_refused(netns, tmp_path):
 
 def test_normalise_ignores_handles_and_blank_lines():
     assert keelson_nft.normalise("a # handle 4\n\n b\n") == "a\n b\n"
+
+
+LISTING_WITH_RATE_STATE = """table inet keelson {
+\tset admin_v4 {
+\t\ttype ipv4_addr
+\t\tflags interval
+\t\telements = { 10.0.0.1, 10.0.0.2 }
+\t}
+
+\tset ssh_rate_v4 {
+\t\ttype ipv4_addr
+\t\tsize 65535
+\t\tflags dynamic,timeout
+\t\ttimeout 5m
+\t\telements = { 10.0.0.1 timeout 5m expires 4m1s limit rate over 30/minute burst 30 packets,
+\t\t\t     10.0.0.2 timeout 5m expires 2m limit rate over 30/minute burst 30 packets }
+\t}
+}
+"""
+
+
+def test_dynamic_set_state_is_not_part_of_the_configuration():
+    cleaned = keelson_nft.drop_dynamic_elements(LISTING_WITH_RATE_STATE)
+    assert "expires" not in cleaned
+    assert "elements = { 10.0.0.1, 10.0.0.2 }" in cleaned, "configured elements stay"
+    assert "set ssh_rate_v4 {" in cleaned and "timeout 5m" in cleaned
+    assert cleaned.count("{") == cleaned.count("}")
+
+
+def test_live_state_ignores_per_source_rate_entries(netns, tmp_path):
+    body = ALLOW_SSH.replace(
+        "tcp dport 22 accept",
+        "tcp dport 22 ct state new update @rate { ip saddr limit rate over 5/minute } drop\n"
+        "        tcp dport 22 accept",
+    ).replace(
+        "    chain input {",
+        "    set rate {\n        type ipv4_addr\n        flags dynamic\n        timeout 5m\n    }\n    chain input {",
+    )
+    nft = make(netns, tmp_path, Timers())
+    nft.apply(body, timeout=30)
+    nft.confirm(body)
+    assert nft.in_sync(body)
+    ns_nft(netns, "add", "element", "inet", "keelson", "rate", "{ 192.0.2.9 }")
+    assert "192.0.2.9" in ns_nft(netns, "list", "set", "inet", "keelson", "rate")
+    assert nft.in_sync(body), "run-time rate state must not count as drift"
