@@ -33,19 +33,24 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run_playbook(playbook: str | Path, *args: str, summary_file: Path, timeout: int = 1800) -> PlaybookRun:
-    """Run ansible-playbook from the project root; return output and the JSON summary."""
+def run_playbook(
+    playbook: str | Path, *args: str, summary_file: Path | None, timeout: int = 1800, cwd: Path = ROOT
+) -> PlaybookRun:
+    """Run ansible-playbook (from the project root by default); return output and the JSON summary.
+    With ``summary_file=None`` the keelson_summary callback is given no file."""
     env = tool_env()
-    env["KEELSON_SUMMARY_FILE"] = str(summary_file)
-    summary_file.unlink(missing_ok=True)
+    env.pop("KEELSON_SUMMARY_FILE", None)
+    if summary_file is not None:
+        env["KEELSON_SUMMARY_FILE"] = str(summary_file)
+        summary_file.unlink(missing_ok=True)
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), str(playbook), *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
     )
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
     return PlaybookRun(proc.returncode, proc.stdout + proc.stderr, summary)

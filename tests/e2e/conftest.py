@@ -42,9 +42,21 @@ def summaries(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("summaries")
 
 
+def lab_playbook(summaries: Path, name: str, playbook: str, *args: str) -> PlaybookRun:
+    """Run a playbook against the lab inventory; the JSON summary is kept under ``name``."""
+    return run_playbook(playbook, "-i", str(LAB_INVENTORY), *args, summary_file=summaries / f"{name}.json")
+
+
+def assert_refused_before_any_change(run: PlaybookRun, message: str) -> None:
+    """The run failed, said why, and changed nothing on any host."""
+    assert run.returncode != 0
+    assert message in run.output, run.output[-5000:]
+    assert run.changed_tasks() == [], "nothing may change when the input is refused"
+
+
 @pytest.fixture(scope="session")
 def first_converge(lab, summaries) -> PlaybookRun:
-    return run_playbook("site.yml", "-i", str(LAB_INVENTORY), summary_file=summaries / "first.json")
+    return lab_playbook(summaries, "first", "site.yml")
 
 
 @pytest.fixture(scope="session")

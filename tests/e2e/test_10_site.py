@@ -11,8 +11,7 @@ import subprocess
 import pytest
 
 from keelson.lab import fleet as lab_fleet
-from tests.e2e.conftest import DEPLOY_USER, LAB_INVENTORY
-from tests.helpers import run_playbook
+from tests.e2e.conftest import DEPLOY_USER, assert_refused_before_any_change, lab_playbook
 
 
 def _recap(run) -> str:
@@ -28,13 +27,13 @@ def test_site_converges_every_lab_host(lab, first_converge):
 
 
 def test_second_run_changes_nothing(lab, first_converge, summaries):
-    run = run_playbook("site.yml", "-i", str(LAB_INVENTORY), summary_file=summaries / "second.json")
+    run = lab_playbook(summaries, "second", "site.yml")
     assert run.returncode == 0, run.output[-15000:]
     assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
 
 
 def test_check_and_diff_on_a_converged_fleet_report_no_change(lab, first_converge, summaries):
-    run = run_playbook("site.yml", "-i", str(LAB_INVENTORY), "--check", "--diff", summary_file=summaries / "check.json")
+    run = lab_playbook(summaries, "check", "site.yml", "--check", "--diff")
     assert run.returncode == 0, run.output[-15000:]
     assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
 
@@ -81,9 +80,4 @@ def test_baseline_behaves_on_every_host(lab, testinfra_hosts):
     ],
 )
 def test_bad_base_input_fails_before_any_change(lab, first_converge, summaries, extra_vars, variable):
-    run = run_playbook(
-        "site.yml", "-i", str(LAB_INVENTORY), "-e", extra_vars, summary_file=summaries / f"bad-{variable}.json"
-    )
-    assert run.returncode != 0
-    assert variable in run.output, run.output[-5000:]
-    assert run.changed_tasks() == [], "nothing may change when the input is bad"
+    assert_refused_before_any_change(lab_playbook(summaries, f"bad-{variable}", "site.yml", "-e", extra_vars), variable)

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from keelson.lab import fleet as lab_fleet
-from tests.e2e.conftest import DEPLOY_USER, LAB_INVENTORY
+from tests.e2e.conftest import DEPLOY_USER, assert_refused_before_any_change, lab_playbook
 from tests.e2e.probe import on_host, probe
-from tests.helpers import run_playbook
 
 # (source, target, port, expected) for the lab inventory: lb=edge1 (also
 # monitoring), app=app1+app2, db=db1, backup=backup1.  "refused" means the
@@ -127,6 +126,12 @@ def test_the_allowlisted_controller_is_never_banned(lab, first_converge):
     assert _ssh(lab, "lab-backup1", DEPLOY_USER).returncode == 0
 
 
+def _firewall_only(summaries, name: str, extra: dict, limit: str | None = None):
+    """Run only the firewall role of harden.yml with extra variables."""
+    args = ["--tags", "firewall", "-e", json.dumps(extra)]
+    return lab_playbook(summaries, name, "playbooks/harden.yml", *args, *(["--limit", limit] if limit else []))
+
+
 def _configured_firewall(lab, host) -> str:
     """The admin allowlist and the input rules (not the run-time rate state)."""
     parts = []
@@ -140,19 +145,8 @@ def _configured_firewall(lab, host) -> str:
 def test_a_ruleset_that_cuts_ssh_rolls_itself_back(lab, first_converge, summaries):
     before = _configured_firewall(lab, "lab-backup1")
     assert "172.30.77.1" in before
-    run = run_playbook(
-        "playbooks/harden.yml",
-        "-i",
-        str(LAB_INVENTORY),
-        "--limit",
-        "lab-backup1",
-        "--tags",
-        "firewall",
-        "-e",
-        '{"firewall_admin_sources": ["192.0.2.1/32"], "firewall_check_current_connection": false, '
-        '"firewall_commit_timeout": 20}',
-        summary_file=summaries / "cut.json",
-    )
+    extra = {"firewall_admin_sources": ["192.0.2.1/32"], "firewall_check_current_connection": False}
+    run = _firewall_only(summaries, "cut", {**extra, "firewall_commit_timeout": 20}, limit="lab-backup1")
     assert run.returncode != 0
     assert "rolled it back" in run.output, run.output[-4000:]
     # Reachable again, with the table that was there before.
@@ -161,21 +155,8 @@ def test_a_ruleset_that_cuts_ssh_rolls_itself_back(lab, first_converge, summarie
 
 
 def test_refuses_an_allowlist_without_the_current_connection_before_any_change(lab, first_converge, summaries):
-    run = run_playbook(
-        "playbooks/harden.yml",
-        "-i",
-        str(LAB_INVENTORY),
-        "--limit",
-        "lab-backup1",
-        "--tags",
-        "firewall",
-        "-e",
-        '{"firewall_admin_sources": ["192.0.2.1/32"]}',
-        summary_file=summaries / "refused.json",
-    )
-    assert run.returncode != 0
-    assert "would lock the controller out" in run.output
-    assert run.changed_tasks() == []
+    run = _firewall_only(summaries, "refused", {"firewall_admin_sources": ["192.0.2.1/32"]}, limit="lab-backup1")
+    assert_refused_before_any_change(run, "would lock the controller out")
 
 
 @pytest.mark.parametrize(
@@ -187,19 +168,7 @@ def test_refuses_an_allowlist_without_the_current_connection_before_any_change(l
     ],
 )
 def test_bad_firewall_input_fails_before_any_change(lab, first_converge, summaries, extra, variable):
-    run = run_playbook(
-        "playbooks/harden.yml",
-        "-i",
-        str(LAB_INVENTORY),
-        "--tags",
-        "firewall",
-        "-e",
-        extra,
-        summary_file=summaries / f"bad-{variable}.json",
-    )
-    assert run.returncode != 0
-    assert variable in run.output
-    assert run.changed_tasks() == []
+    assert_refused_before_any_change(_firewall_only(summaries, f"bad-{variable}", json.loads(extra)), variable)
 
 
 PUBLISHED_PORT = 8000  # the app port: allowed from lb only
