@@ -87,9 +87,9 @@ def fleet_addresses(group_names, groups, hostvars):
     """Sorted addresses of every member of the named groups."""
     members = set()
     for group in group_names:
-        if group not in groups:
-            raise AnsibleFilterError(f"group {group!r} is not in the inventory")
-        members.update(groups[group])
+        # A group the inventory does not define has no members: nobody is
+        # allowed (a fleet without an edge simply has no lb sources).
+        members.update(groups.get(group, []))
     addresses = {ipaddress.ip_address(host_address(h, hostvars)) for h in members}
     return [str(a) for a in sorted(addresses, key=lambda a: (a.version, a))]
 

@@ -65,6 +65,12 @@ def test_sources_come_from_the_inventory_split_by_family():
     assert (ui["v4"], ui["v6"]) == (["192.0.2.0/24"], ["2001:db8:ad::/48"])
 
 
+def test_a_group_the_inventory_lacks_allows_nobody():
+    services = [{"name": "x", "ports": [1], "on_groups": ["db"], "from": ["nosuchgroup"]}]
+    assert rules(["db"], services) == {}
+    assert kf.fleet_addresses(["nosuchgroup", "db"], GROUPS, HOSTVARS) == ["10.0.0.31"]
+
+
 def test_a_host_without_an_ip_address_is_an_error_naming_it():
     services = [{"name": "sftp", "ports": [22], "on_groups": ["db"], "from": ["backup"]}]
     with pytest.raises(AnsibleFilterError, match="backup1: no IP address"):
@@ -79,7 +85,6 @@ def test_a_host_without_an_ip_address_is_an_error_naming_it():
         ({"name": "x", "ports": ["ssh"], "on_groups": ["db"], "from": "any"}, "not a number"),
         ({"name": "x", "ports": [], "on_groups": ["db"], "from": "any"}, "no ports"),
         ({"name": "x", "ports": [1], "on_groups": ["db"], "from": []}, "from must be"),
-        ({"name": "x", "ports": [1], "on_groups": ["db"], "from": ["nosuchgroup"]}, "not in the inventory"),
         ({"name": "x", "ports": [1], "proto": "sctp", "on_groups": ["db"], "from": "any"}, "tcp or udp"),
     ],
 )
