@@ -134,8 +134,8 @@ def main():
         if p["state"] == "applied":
             if nftc.in_sync(p["body"]):
                 module.exit_json(changed=False, rollback_armed=False)
-            nftc.check(p["body"])
             if module.check_mode:
+                nftc.check(p["body"])  # apply() runs the same check itself
                 module.exit_json(changed=True, rollback_armed=False)
             result = nftc.apply(p["body"], p["timeout"])
             module.exit_json(changed=True, rollback_armed=True, backup=result["backup"])
