@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from keelson.lab import fleet as lab_fleet
-from keelson.lab import images
+from keelson.lab import images, services
 
 app = typer.Typer(help="Keelson: provision, harden and run a Docker Compose fleet.", no_args_is_help=True)
 lab = typer.Typer(help="The lab: a fleet of systemd servers in containers on this machine.", no_args_is_help=True)
@@ -49,13 +49,23 @@ def _docker() -> docker.DockerClient:
 
 @lab.command()
 def up(inventory: InventoryOpt = DEFAULT_INVENTORY) -> None:
-    """Build the host images if needed and start every host of the inventory."""
+    """Build the host and service images if needed and start every host of the inventory."""
     fleet = _load(inventory)
-    _docker()
+    client = _docker()
     try:
         lab_fleet.up(fleet, log=_log)
     except lab_fleet.LabError as exc:
         console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _build_services(client)
+
+
+def _build_services(_client: docker.DockerClient) -> None:
+    """The stack's images (stand-ins for the upstream ones, and the app), cached by content."""
+    try:
+        services.build_all(docker.from_env(timeout=1800), log=_log)
+    except (docker.errors.DockerException, OSError, ValueError) as exc:
+        console.print(f"[red]error:[/] building the service images failed: {exc}")
         raise typer.Exit(1) from None
 
 
@@ -113,7 +123,7 @@ def build_images(
     release: Annotated[list[str] | None, typer.Option("--release", "-r", help="Debian release (12, 13).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if cached.")] = False,
 ) -> None:
-    """Build the lab's host images (cached by a hash of their definition)."""
+    """Build the lab's host images and the stack's service images (cached by a hash of their definition)."""
     client = _docker()
     for rel in release or sorted(images.HOST_IMAGES):
         try:
@@ -121,6 +131,7 @@ def build_images(
         except ValueError as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
+    _build_services(client)
 
 
 def main() -> None:

@@ -180,13 +180,15 @@ def build_service_image(
     *,
     release: str = "13",
     buildargs: dict[str, str] | None = None,
+    alias: str = "latest",
     log: Callable[[str], None] = print,
 ) -> str:
     """Build a service image (app, postgres, haproxy…) on top of a host image.
 
     The Dockerfile in ``context`` starts with ``ARG BASE`` / ``FROM ${BASE}``;
     the base is the lab's Debian image, so no registry is needed.  Returns the
-    content-hash tag, which is also tagged ``<name>:latest``.
+    content-hash tag, which is also tagged ``<name>:<alias>`` (``latest`` unless
+    told otherwise, e.g. ``keelson-lab/postgres:16``).
     """
     base = build_host_image(client, host_image(release), log=log)
     args = {"BASE": base, **(buildargs or {})}
@@ -205,5 +207,5 @@ def build_service_image(
             rm=True,
             forcerm=True,
         )
-    client.images.get(tag).tag(f"{SERVICE_REPO}/{name}", "latest")
+    client.images.get(tag).tag(f"{SERVICE_REPO}/{name}", alias)
     return tag

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import docker
 import pytest
 import testinfra
 
 from keelson.lab import fleet as lab_fleet
+from keelson.lab import services
 from tests.helpers import ROOT, PlaybookRun, run_playbook
 
 LAB_INVENTORY = ROOT / "inventories" / "lab"
@@ -30,6 +32,8 @@ def lab(tmp_path_factory) -> lab_fleet.Fleet:
     if os.environ.get("KEELSON_E2E_REUSE") != "1":
         lab_fleet.down(fleet.name, log=lambda _m: None)
     lab_fleet.up(fleet)
+    # The stack's images (stand-ins and the app), delivered to hosts as archives.
+    services.build_all(docker.from_env(timeout=1800))
     yield fleet
     if not keep:
         lab_fleet.down(fleet.name, state_dir=fleet.state_dir)
