@@ -462,6 +462,24 @@ class Releases:
                     remove.append(relname)
         return rewrite, sorted(remove)
 
+    def _dir_owner_drift(self, release_dir, files):
+        """Directories of a release (and the project's own) whose owner or group is not the one asked for."""
+        if self.uid is None and self.gid is None:
+            return []
+        dirs = {self.project_dir, self.releases_dir, release_dir}
+        for relname in files:
+            parts = relname.split("/")[:-1]
+            dirs.update(os.path.join(release_dir, *parts[: i + 1]) for i in range(len(parts)))
+        drift = []
+        for path in sorted(dirs):
+            try:
+                stat = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if (self.uid is not None and stat.st_uid != self.uid) or (self.gid is not None and stat.st_gid != self.gid):
+                drift.append(path)
+        return drift
+
     def _repair(self, release_dir, files, rewrite, remove):
         for relname in remove:
             self._remove(os.path.join(release_dir, relname))
@@ -491,11 +509,14 @@ class Releases:
             release_id = chosen["id"]
             release_dir = self.release_dir(release_id)
             rewrite, remove = self._drift(release_dir, files)
+            owners = self._dir_owner_drift(release_dir, files)
             if not self.check_mode:
                 self._cleanup(stale)
                 self._repair(release_dir, files, rewrite, remove)
+                for path in owners:
+                    self._chown(path)
             return {
-                "changed": bool(stale or rewrite or remove),
+                "changed": bool(stale or rewrite or remove or owners),
                 "release_id": release_id,
                 "release_dir": release_dir,
                 "config_hash": digest,

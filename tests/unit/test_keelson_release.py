@@ -513,3 +513,15 @@ def test_ansible_doc_renders_the_module():
     doc = json.loads(proc.stdout)["keelson_release"]
     assert set(doc["doc"]["options"]) >= {"project", "root", "state", "files", "images", "release", "keep"}
     assert "release_id" in doc["return"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a group needs root")
+def test_a_reused_release_gets_its_directories_regrouped(tmp_path):
+    files = {"compose.yaml": "services: {}\n", "rules/a.yml": "groups: []\n"}
+    kr.Releases("keelson-x", str(tmp_path)).prepare(files, [], {})
+    regrouped = kr.Releases("keelson-x", str(tmp_path), gid=65534).prepare(files, [], {})
+    assert regrouped["changed"] is True
+    release_dir = regrouped["release_dir"]
+    for path in (release_dir, os.path.join(release_dir, "rules"), os.path.dirname(release_dir)):
+        assert os.stat(path).st_gid == 65534, path
+    assert kr.Releases("keelson-x", str(tmp_path), gid=65534).prepare(files, [], {})["changed"] is False
