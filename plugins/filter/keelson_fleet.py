@@ -110,11 +110,21 @@ def _ports(service):
     return sorted(set(result))
 
 
-def firewall_rules(services, host_groups, groups, hostvars, admin_sources):
-    """Rules for one host: [{name, proto, ports, any, v4, v6}], sorted by name."""
+def firewall_rules(services, host_groups, groups, hostvars, admin_sources, local_sources=None):
+    """Rules for one host: [{name, proto, ports, any, v4, v6}], sorted by name.
+
+    ``local_sources`` are the networks of this host's own containers: when the
+    host is itself in a group a service allows, its containers are allowed too
+    (their traffic to the host's address arrives from those networks, e.g.
+    Prometheus scraping its own host, or the app reaching PostgreSQL on a
+    single server).
+    """
     bad = cidr_errors(admin_sources)
     if bad:
         raise AnsibleFilterError(f"firewall_admin_sources: not an address or CIDR: {bad}")
+    bad = cidr_errors(local_sources or [])
+    if bad:
+        raise AnsibleFilterError(f"firewall_container_sources: not an address or CIDR: {bad}")
     mine = set(host_groups) | {"all"}
     rules = []
     for service in services:
@@ -132,7 +142,10 @@ def firewall_rules(services, host_groups, groups, hostvars, admin_sources):
         elif sources == ADMIN:
             rule["v4"], rule["v6"] = _split(admin_sources)
         elif isinstance(sources, list) and sources:
-            rule["v4"], rule["v6"] = _split(fleet_addresses(sources, groups, hostvars))
+            allowed_sources = fleet_addresses(sources, groups, hostvars)
+            if local_sources and mine.intersection(sources):
+                allowed_sources = allowed_sources + list(local_sources)
+            rule["v4"], rule["v6"] = _split(allowed_sources)
         else:
             raise AnsibleFilterError(f"service {name!r}: from must be 'any', 'admin' or a non-empty list of groups")
         if rule["any"] or rule["v4"] or rule["v6"]:

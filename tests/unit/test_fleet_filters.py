@@ -112,3 +112,16 @@ def test_split_families_sorts_and_dedupes():
         "v4": ["10.0.0.1/32", "10.0.0.2/32"],
         "v6": ["::1/128"],
     }
+
+
+def test_a_hosts_own_containers_are_allowed_where_the_host_itself_is():
+    local = ["172.31.254.0/24"]
+    single = kf.firewall_rules(SERVICES, ["app", "db", "monitoring"], GROUPS, HOSTVARS, ADMIN, local)
+    by_name = {r["name"]: r for r in single}
+    assert "172.31.254.0/24" in by_name["postgres"]["v4"], "app containers reach PostgreSQL on a single server"
+    assert "172.31.254.0/24" in by_name["node-exporter"]["v4"], "Prometheus scrapes its own host"
+    # A host that is not in the allowed group does not open to its own containers.
+    db_only = {r["name"]: r for r in kf.firewall_rules(SERVICES, ["db"], GROUPS, HOSTVARS, ADMIN, local)}
+    assert "172.31.254.0/24" not in db_only["postgres"]["v4"]
+    with pytest.raises(AnsibleFilterError, match="firewall_container_sources"):
+        kf.firewall_rules(SERVICES, ["db"], GROUPS, HOSTVARS, ADMIN, ["not-a-net"])
