@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""Benchmark: fresh converge and no-op rerun of site.yml on lab fleets of 1,
-3 and 6 hosts, each beside `ansible all -m setup` on the same hosts.
+"""Benchmark: fresh converge and no-op rerun of the host layers (provision +
+harden, the part of site.yml every host gets) on lab fleets of 1, 3 and 6
+hosts, each beside `ansible all -m setup` on the same hosts.  The stack has
+its own benchmark (bench/stack).
 
 Prints seconds and ratios measured side by side in one run; never fails for
 being slow.  Usage:  .venv/bin/python bench/converge/run.py [--sizes 1,3,6]
@@ -25,6 +27,7 @@ from keelson.lab import fleet as lab_fleet  # noqa: E402
 BIN = Path(sys.executable).parent
 LAB_NAME = "keelson-bench"
 SUBNET = "172.30.78.0/24"
+HOST_LAYERS = ["playbooks/provision.yml", "playbooks/harden.yml"]
 
 
 def write_inventory(directory: Path, size: int) -> Path:
@@ -35,7 +38,8 @@ def write_inventory(directory: Path, size: int) -> Path:
             "ansible_host": f"172.30.78.{11 + index}",
             "keelson_lab_release": "13" if index % 2 == 0 else "12",
         }
-    inventory = {"all": {"children": {"app": {"hosts": dict.fromkeys(hosts)}}, "hosts": hosts}}
+    # A group of their own: no service group, so no Docker and no stack.
+    inventory = {"all": {"children": {"bench": {"hosts": dict.fromkeys(hosts)}}, "hosts": hosts}}
     (directory / "group_vars" / "all").mkdir(parents=True)
     (directory / "hosts.yml").write_text(json.dumps(inventory, indent=1))
     lab_vars = (ROOT / "inventories" / "lab" / "group_vars" / "all" / "lab.yml").read_text()
@@ -67,10 +71,10 @@ def measure(size: int) -> dict[str, float]:
         lab_fleet.down(LAB_NAME, log=lambda _m: None)
         try:
             lab_fleet.up(fleet, log=lambda _m: None)
-            fresh = timed([str(BIN / "ansible-playbook"), "site.yml", "-i", str(inventory)])
+            fresh = timed([str(BIN / "ansible-playbook"), *HOST_LAYERS, "-i", str(inventory)])
             # After the fresh converge: the deploy user exists and root logins are off.
             setup = timed([str(BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.setup"])
-            rerun = timed([str(BIN / "ansible-playbook"), "site.yml", "-i", str(inventory)])
+            rerun = timed([str(BIN / "ansible-playbook"), *HOST_LAYERS, "-i", str(inventory)])
         finally:
             lab_fleet.down(LAB_NAME, log=lambda _m: None)
     return {"setup": setup, "fresh": fresh, "rerun": rerun}
