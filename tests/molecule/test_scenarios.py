@@ -8,7 +8,7 @@ import subprocess
 import docker
 import pytest
 
-from keelson.lab import images
+from keelson.lab import images, services
 from tests.helpers import BIN, ROOT, tool_env
 
 pytestmark = pytest.mark.molecule
@@ -22,6 +22,8 @@ def host_images():
     client = docker.from_env()
     for release in images.HOST_IMAGES:
         images.build_host_image(client, images.host_image(release))
+    # The stack scenario delivers the lab's service images by archive.
+    services.build_all(docker.from_env(timeout=1800))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

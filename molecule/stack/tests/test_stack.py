@@ -1,0 +1,164 @@
+"""The whole stack on one server, checked from inside it: every container healthy, the
+edge serves the app over verified TLS, the app reaches PostgreSQL and Redis, secrets are
+private, Prometheus scrapes the host it runs on.
+
+The edge's certificate is checked against the internal CA converge made in the scenario's
+ephemeral directory (never with -k): its certificate is copied into the host.
+"""
+
+import json
+import os
+import re
+import time
+import uuid
+
+import pytest
+
+DOMAIN = "stack.keelson.test"  # molecule.yml: edge_domains
+CA_ON_HOST = "/root/molecule-stack-ca.crt"
+EXPECTED = {
+    "keelson-db": {"postgres"},
+    "keelson-redis": {"redis"},
+    "keelson-app-blue": {"app"},
+    "keelson-edge": {"haproxy"},
+    "keelson-monitoring": {"prometheus", "alertmanager"},
+}
+
+
+@pytest.fixture(scope="module")
+def ca(host):
+    path = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "ca", "ca.crt")
+    with open(path, encoding="ascii") as f:
+        pem = f.read()
+    host.check_output(f"cat > {CA_ON_HOST} <<'EOF'\n{pem}EOF")
+    yield CA_ON_HOST
+    host.run(f"rm -f {CA_ON_HOST}")
+
+
+def host_address(host):
+    """The host's address on Docker's default network (converge: keelson_address)."""
+    out = host.check_output("ip -4 -o addr show dev eth0")
+    return re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out).group(1)
+
+
+def https(host, ca, method, path, body=None):
+    """One request to the edge on 127.0.0.1:443 with SNI and Host DOMAIN, verified against the CA.
+    Returns (status, headers as a lower-case dict, body)."""
+    data = f"-H 'Content-Type: application/json' --data '{json.dumps(body)}'" if body is not None else ""
+    out = host.check_output(
+        f"curl -sS --max-time 10 --cacert {ca} --resolve {DOMAIN}:443:127.0.0.1 -X {method} {data} "
+        f"-D - https://{DOMAIN}{path}"
+    )
+    head, _, payload = out.replace("\r\n", "\n").partition("\n\n")
+    lines = head.splitlines()
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, payload
+
+
+# --- containers ------------------------------------------------------------------------
+
+
+def test_every_container_runs_and_is_healthy(host):
+    out = host.check_output(
+        'docker ps -a --format \'{{.Label "com.docker.compose.project"}} {{.Label "com.docker.compose.service"}} '
+        "{{.State}} {{.Status}}'"
+    )
+    seen = {}
+    for line in out.splitlines():
+        project, service, state, status = line.split(" ", 3)
+        assert state == "running", line
+        assert "(healthy)" in status, line
+        seen.setdefault(project, set()).add(service)
+    assert seen == EXPECTED
+
+
+# --- the edge --------------------------------------------------------------------------
+
+
+def test_https_verified_against_the_internal_ca_serves_the_version(host, ca):
+    status, headers, body = https(host, ca, "GET", "/version")
+    assert status == 200
+    version = json.loads(body)
+    assert version["version"] == "1.0.0"
+    assert version["slot"] == "blue"
+
+
+def test_hsts_header_is_set(host, ca):
+    _, headers, _ = https(host, ca, "GET", "/version")
+    hsts = headers.get("strict-transport-security", "")
+    assert re.search(r"max-age=\d+", hsts), headers
+    assert "includeSubDomains" in hsts
+
+
+def test_http_redirects_to_https(host):
+    out = host.check_output(
+        f"curl -sS --max-time 10 -o /dev/null -w '%{{http_code}} %{{redirect_url}}' -H 'Host: {DOMAIN}' "
+        "http://127.0.0.1/version"
+    )
+    code, location = out.split(" ", 1)
+    assert code in {"301", "302", "307", "308"}, out
+    assert location == f"https://{DOMAIN}/version", out
+
+
+def test_items_are_stored_and_then_served_from_the_cache(host, ca):
+    name = f"molecule-{uuid.uuid4().hex[:8]}"
+    status, _, body = https(host, ca, "POST", "/api/items", {"name": name})
+    assert status == 201, body
+    item = json.loads(body)
+    assert item["name"] == name
+    status, first, body = https(host, ca, "GET", f"/api/items/{item['id']}")
+    assert status == 200 and json.loads(body)["name"] == name
+    assert first.get("x-cache") == "MISS", first
+    status, second, _ = https(host, ca, "GET", f"/api/items/{item['id']}")
+    assert status == 200
+    assert second.get("x-cache") == "HIT", second
+
+
+# --- the app's backends ----------------------------------------------------------------
+
+
+def test_postgres_reachable_from_the_app_container(host):
+    # The app connects to keelson_address:5432 (this host's address): from its own
+    # network, through the port PostgreSQL publishes on the host.
+    probe = (
+        "import os, socket; "
+        "socket.create_connection((os.environ['APP_DB_HOST'], int(os.environ['APP_DB_PORT'])), 5).close(); "
+        "print(os.environ['APP_DB_HOST'])"
+    )
+    out = host.check_output(f'docker exec keelson-app-blue-app-1 python3 -c "{probe}"')
+    assert out == host_address(host)
+    ready = host.run(
+        'docker exec keelson-app-blue-app-1 python3 -c "import urllib.request as u; '
+        "print(u.urlopen('http://127.0.0.1:8000/readyz', timeout=5).status)\""
+    )
+    assert ready.rc == 0 and ready.stdout.strip() == "200", ready.stdout + ready.stderr
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+def test_secrets_are_files_of_mode_0400(host):
+    files = host.check_output("find /opt/keelson/*/secrets -mindepth 1").splitlines()
+    assert files, "no secrets found"
+    for path in files:
+        f = host.file(path)
+        assert f.is_file, path
+        assert f.mode == 0o400, f"{path}: {oct(f.mode)}"
+
+
+# --- monitoring ------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_node_exporter_of_its_own_host(host):
+    deadline = time.monotonic() + 60
+    while True:
+        targets = json.loads(host.check_output("curl -fsS --max-time 5 http://127.0.0.1:9090/api/v1/targets"))
+        node = [t for t in targets["data"]["activeTargets"] if t["labels"].get("job") == "node"]
+        if node and all(t["health"] == "up" for t in node) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert len(node) == 1, node
+    assert node[0]["health"] == "up", node[0]
+    assert node[0]["labels"]["host"] == "stack-deb13"
+    assert node[0]["scrapeUrl"] == f"http://{host_address(host)}:9100/metrics"
