@@ -51,17 +51,20 @@ def _docker() -> docker.DockerClient:
 def up(inventory: InventoryOpt = DEFAULT_INVENTORY) -> None:
     """Build the host and service images if needed and start every host of the inventory."""
     fleet = _load(inventory)
-    client = _docker()
+    _docker()
     try:
         lab_fleet.up(fleet, log=_log)
     except lab_fleet.LabError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from None
-    _build_services(client)
+    _build_services()
 
 
-def _build_services(_client: docker.DockerClient) -> None:
-    """The stack's images (stand-ins for the upstream ones, and the app), cached by content."""
+def _build_services() -> None:
+    """The stack's images (stand-ins for the upstream ones, and the app), cached by content.
+
+    Its own client: the SDK's build call does not stream, so it needs a long timeout.
+    """
     try:
         services.build_all(docker.from_env(timeout=1800), log=_log)
     except (docker.errors.DockerException, OSError, ValueError) as exc:
@@ -131,7 +134,7 @@ def build_images(
         except ValueError as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
-    _build_services(client)
+    _build_services()
 
 
 def main() -> None:
