@@ -1,10 +1,13 @@
-"""The starter alert rules of role monitoring pass their promtool unit tests.
+"""The alert rules of role monitoring pass their promtool unit tests.
 
-``roles/monitoring/files/tests/keelson_rules_test.yml`` has, for every rule in
-``roles/monitoring/files/rules/keelson.yml``, a case where it fires and one where it
-must not.  promtool is not part of the controller's tools: a ``promtool`` on PATH is
-used if there is one, else the lab's Prometheus image (``keelson-lab/prometheus:lab``)
-if it has been built, else the tests are skipped with the reason.
+Every rules file in ``roles/monitoring/files/rules/`` (``keelson.yml``, ``backup.yml``, ...)
+is loaded by at least one test file in ``roles/monitoring/files/tests/`` (its
+``rule_files``), which has, for every rule of the file, a case where it fires and one where
+it must not; every rules file passes ``promtool check rules``, every test file ``promtool
+test rules``, and every rules file is shipped by the role (``vars/main.yml``). promtool is
+not part of the controller's tools: a ``promtool`` on PATH is used if there is one, else
+the lab's Prometheus image (``keelson-lab/prometheus:lab``) if it has been built, else the
+promtool tests are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import yaml
 
 from tests.helpers import ROOT
 
-ROLE_FILES = ROOT / "roles" / "monitoring" / "files"
-RULES = ROLE_FILES / "rules" / "keelson.yml"
-RULE_TESTS = ROLE_FILES / "tests" / "keelson_rules_test.yml"
+ROLE = ROOT / "roles" / "monitoring"
+ROLE_FILES = ROLE / "files"
+RULE_FILES = sorted((ROLE_FILES / "rules").glob("*.yml"))
+TEST_FILES = sorted((ROLE_FILES / "tests").glob("*.yml"))
 LAB_IMAGE = "keelson-lab/prometheus:lab"
 
 
@@ -54,22 +58,83 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*argv, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_every_starter_rule_has_a_firing_and_a_quiet_case():
-    rules = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
-    cases = [case for test in yaml.safe_load(RULE_TESTS.read_text())["tests"] for case in test["alert_rule_test"]]
+def _alerts(rules_file: Path) -> set[str]:
+    return {
+        rule["alert"]
+        for group in yaml.safe_load(rules_file.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+
+
+def _loaded_rules(test_file: Path) -> list[Path]:
+    """The rules files a test file loads (rule_files are relative to the test file)."""
+    return [(test_file.parent / name).resolve() for name in yaml.safe_load(test_file.read_text())["rule_files"]]
+
+
+def _tests_of(rules_file: Path) -> list[Path]:
+    return [test for test in TEST_FILES if rules_file.resolve() in _loaded_rules(test)]
+
+
+def _cases(test_file: Path) -> list[dict]:
+    return [case for test in yaml.safe_load(test_file.read_text())["tests"] for case in test.get("alert_rule_test", [])]
+
+
+def _name(path: Path) -> str:
+    return path.name
+
+
+def test_the_rules_and_tests_are_found():
+    assert {"keelson.yml", "backup.yml"} <= {path.name for path in RULE_FILES}
+    assert TEST_FILES, "no promtool test files in files/tests/"
+
+
+@pytest.mark.parametrize("rules_file", RULE_FILES, ids=_name)
+def test_every_rule_has_a_firing_and_a_quiet_case(rules_file):
+    tests = _tests_of(rules_file)
+    assert tests, f"no test file in files/tests/ has {rules_file.name} in its rule_files"
+    rules = _alerts(rules_file)
+    cases = [case for test in tests for case in _cases(test)]
     fires = {case["alertname"] for case in cases if case.get("exp_alerts")}
     quiet = {case["alertname"] for case in cases if not case.get("exp_alerts")}
     assert rules - fires == set(), "rules without a case where they fire"
     assert rules - quiet == set(), "rules without a case where they stay quiet"
 
 
-def test_starter_rules_pass_promtool_check_rules():
-    proc = _run("check", "rules", str(RULES), cwd=RULES.parent)
+@pytest.mark.parametrize("test_file", TEST_FILES, ids=_name)
+def test_rule_tests_name_only_rules_they_load(test_file):
+    """A case for a misspelt or removed alert would pass as quiet without testing anything."""
+    loaded = _loaded_rules(test_file)
+    assert loaded, f"{test_file.name} loads no rules file"
+    for rules_file in loaded:
+        assert rules_file.parent == (ROLE_FILES / "rules").resolve(), f"{test_file.name} loads {rules_file}"
+        assert rules_file.is_file(), f"{test_file.name} loads {rules_file}, which does not exist"
+    alerts = set().union(*(_alerts(rules_file) for rules_file in loaded))
+    unknown = {case["alertname"] for case in _cases(test_file)} - alerts
+    assert unknown == set(), f"{test_file.name} has cases for alerts its rule_files do not define"
+
+
+@pytest.mark.parametrize("rules_file", RULE_FILES, ids=_name)
+def test_every_rules_file_is_deployed(rules_file):
+    """files/rules/<name> becomes rules/<name> of the release, through the template rules-<name>.j2."""
+    config_files = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["__monitoring_config_files"]
+    dest = f"rules/{rules_file.name}"
+    template = f"rules-{rules_file.name}.j2"
+    assert {"src": template, "dest": dest} in config_files, f"vars/main.yml: __monitoring_config_files lacks {dest}"
+    assert f"/files/rules/{rules_file.name}'" in (ROLE / "templates" / template).read_text(), (
+        f"templates/{template} does not render files/rules/{rules_file.name}"
+    )
+
+
+@pytest.mark.parametrize("rules_file", RULE_FILES, ids=_name)
+def test_rules_pass_promtool_check_rules(rules_file):
+    proc = _run("check", "rules", str(rules_file), cwd=rules_file.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
 
-def test_starter_rules_pass_their_promtool_unit_tests():
-    proc = _run("test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+@pytest.mark.parametrize("test_file", TEST_FILES, ids=_name)
+def test_rules_pass_their_promtool_unit_tests(test_file):
+    proc = _run("test", "rules", test_file.name, cwd=test_file.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
