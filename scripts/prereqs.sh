@@ -13,6 +13,7 @@ command -v debootstrap >/dev/null 2>&1 || need_install+=(debootstrap)
 command -v ssh-keygen >/dev/null 2>&1 || need_install+=(openssh-client)
 command -v nft >/dev/null 2>&1 || need_install+=(nftables)   # unit tests of the firewall module (in a netns)
 command -v ip >/dev/null 2>&1 || need_install+=(iproute2)
+command -v restic >/dev/null 2>&1 || need_install+=(restic)  # unit tests of the backup jobs
 
 if ((${#need_install[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
