@@ -162,3 +162,39 @@ def test_prometheus_scrapes_the_node_exporter_of_its_own_host(host):
     assert node[0]["health"] == "up", node[0]
     assert node[0]["labels"]["host"] == "stack-deb13"
     assert node[0]["scrapeUrl"] == f"http://{host_address(host)}:9100/metrics"
+
+
+# --- backups (role backup, local repository only) ---------------------------------------
+
+
+def test_backup_timers_are_enabled_and_scheduled(host):
+    for job in ("backup", "wal", "prune", "check", "restore-test"):
+        timer = host.service(f"keelson-backup-{job}.timer")
+        assert timer.is_enabled, job
+        assert timer.is_running, job
+    persistent = host.check_output("systemctl show -p Persistent --value keelson-backup-backup.timer")
+    assert persistent == "yes"
+
+
+def test_repository_password_is_private(host):
+    f = host.file("/etc/keelson/backup/local.pass")
+    assert f.user == "root"
+    assert f.mode == 0o400
+
+
+def test_a_backup_then_a_restore_test_succeed_and_are_exported(host):
+    # The items test above wrote rows; the backup dumps them, the restore test
+    # restores the dump into a scratch PostgreSQL and checks the canary.
+    host.check_output("systemctl start keelson-backup-backup.service")
+    host.check_output("systemctl start keelson-backup-restore-test.service")
+    snaps = json.loads(host.check_output("keelson-backup snapshots"))
+    kinds = {t for s in snaps for t in s["tags"] if t.startswith("kind:")}
+    assert {"kind:pgdump", "kind:basebackup", "kind:files"} <= kinds
+    assert all("complete" in s["tags"] for s in snaps)
+    metrics = host.file("/var/lib/prometheus/node-exporter/keelson_backup_restore_test.prom").content_string
+    assert 'keelson_backup_last_run_success{task="restore_test",repository="local"} 1' in metrics
+    # No scratch container is left behind.
+    assert host.check_output("docker ps -aq --filter label=io.keelson.restore-test=1") == ""
+    # node-exporter serves the results (Prometheus scrapes it).
+    served = host.check_output("curl -sS --max-time 5 http://127.0.0.1:9100/metrics")
+    assert 'keelson_backup_last_run_success{repository="local",task="backup"} 1' in served
