@@ -505,7 +505,7 @@ def test_bad_configuration_fails_before_touching_the_repository(repo, source, tm
 def test_half_written_dump_is_forgotten(kb, repo, capsys):
     producer = ["sh", "-c", "head -c 3000000 /dev/urandom; kill -9 $$"]
     with pytest.raises(kb.BackupError) as failure:
-        kb.stream_into_restic(repo.config(), producer, "postgres/app.dump", ["keelson", "kind:pgdump"], "db1")
+        kb.stream_into_restic(repo.config(), producer, "postgres-app.dump", ["keelson", "kind:pgdump"], "db1")
     assert "the dump failed" in str(failure.value)
     assert "dump exit -9" in str(failure.value)
     assert "forgot the incomplete snapshot" in capsys.readouterr().err  # restic did write one
@@ -516,20 +516,20 @@ def test_finished_dump_is_tagged_complete_and_restorable(kb, repo, tmp_path):
     produced = tmp_path / "app.dump"
     produced.write_bytes(os.urandom(100_000))
     tags = ["keelson", "kind:pgdump", "db:app"]
-    summary = kb.stream_into_restic(repo.config(), ["cat", str(produced)], "postgres/app.dump", tags, "db1")
+    summary = kb.stream_into_restic(repo.config(), ["cat", str(produced)], "postgres-app.dump", tags, "db1")
     assert summary["total_bytes_processed"] == 100_000
     [snap] = repo.snapshots()
     assert set(snap["tags"]) == {*tags, "complete"}
-    assert snap["paths"] == ["/postgres/app.dump"]
+    assert snap["paths"] == ["/postgres-app.dump"]
     assert snap["hostname"] == "db1"
-    assert repo.restic("--no-lock", "dump", snap["id"], "/postgres/app.dump").stdout == produced.read_bytes()
+    assert repo.restic("--no-lock", "dump", snap["id"], "/postgres-app.dump").stdout == produced.read_bytes()
 
 
 def test_restic_failing_under_a_dump_is_reported(kb, repo, tmp_path):
     repo.password_file.write_text("not the password\n")
     producer = ["head", "-c", "1000000", "/dev/urandom"]  # more than a pipe holds: it dies of SIGPIPE
     with pytest.raises(kb.BackupError) as failure:
-        kb.stream_into_restic(repo.config(), producer, "postgres/app.dump", ["keelson"], "db1")
+        kb.stream_into_restic(repo.config(), producer, "postgres-app.dump", ["keelson"], "db1")
     assert "restic failed" in str(failure.value)  # not "the dump": it only died of SIGPIPE
     assert "wrong password" in str(failure.value)
     repo.password_file.write_text(PASSWORD + "\n")
