@@ -11,8 +11,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 lab: prereqs venv up converge
 
 ## test: the whole test suite (lint, unit, molecule, end-to-end); CI runs this
+# Two workers: the end-to-end tests (one group, in order, on the one lab) run
+# beside lint, unit and Molecule (tests/conftest.py).
 test: prereqs venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 prereqs:
 	scripts/prereqs.sh

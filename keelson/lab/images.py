@@ -8,6 +8,8 @@ defines it, so an unchanged definition is never rebuilt.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -105,6 +107,33 @@ def _customize_rootfs(rootfs: Path, image: HostImage) -> None:
     )
 
 
+_lock_depth = 0
+
+
+@contextlib.contextmanager
+def build_lock():
+    """One image build at a time on this machine (test workers run side by side).
+
+    Re-entrant within a process: a service build builds its base image."""
+    global _lock_depth  # noqa: PLW0603 (per-process re-entrancy counter)
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "keelson"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "image-build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+
+
 def build_host_image(
     client: docker.DockerClient,
     image: HostImage,
@@ -113,6 +142,17 @@ def build_host_image(
     log: Callable[[str], None] = print,
 ) -> str:
     """Build (or reuse) the host image; returns its content-hash tag."""
+    with build_lock():
+        return _build_host_image(client, image, force=force, log=log)
+
+
+def _build_host_image(
+    client: docker.DockerClient,
+    image: HostImage,
+    *,
+    force: bool,
+    log: Callable[[str], None],
+) -> str:
     tag = image.tag
     if not force and image_exists(client, tag):
         log(f"host image {tag} is cached")

@@ -218,8 +218,11 @@ def build_service(
 
     The image is also tagged with its alias, ``keelson-lab/<name>:<alias>``.
     """
-    if isinstance(image, str):
-        image = service_image(image)
+    with images.build_lock():
+        return _build_service(client, service_image(image) if isinstance(image, str) else image, release, log)
+
+
+def _build_service(client: docker.DockerClient, image: ServiceImage, release: str, log: Callable[[str], None]) -> str:
     if not (image.context / "Dockerfile").is_file():
         raise FileNotFoundError(f"{image.context}/Dockerfile is missing")
     with tempfile.TemporaryDirectory(prefix=f"keelson-{image.name}-ctx-") as tmp:
@@ -278,4 +281,5 @@ def build_all(
     whose definition did not change are reused, so a second call builds nothing.
     """
     wanted = [service_image(name) for name in only] if only else list(SERVICE_IMAGES)
-    return {image.key: build_service(client, image, release=release, log=log) for image in wanted}
+    with images.build_lock():
+        return {image.key: build_service(client, image, release=release, log=log) for image in wanted}

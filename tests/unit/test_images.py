@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,24 @@ def test_context_hash_sees_mode_changes(tmp_path):
     before = images.context_hash(ctx, "b")
     (ctx / "entry.sh").chmod(0o755)
     assert images.context_hash(ctx, "b") != before
+
+
+def _hold_build_lock(ready, release):
+    with images.build_lock():
+        ready.set()
+        release.wait(10)
+
+
+def test_the_build_lock_is_reentrant_and_excludes_other_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold_build_lock, args=(ready, release))
+    other.start()
+    assert ready.wait(10)
+    threading.Timer(0.5, release.set).start()
+    started = time.monotonic()
+    with images.build_lock(), images.build_lock():  # nested in one process: no self-deadlock
+        waited = time.monotonic() - started
+    other.join(10)
+    assert waited >= 0.4, "the lock must wait until the other process lets go"
