@@ -314,6 +314,24 @@ def test_the_dr_drill_rebuilds_the_database_from_offsite_and_reports_rto_rpo(fle
     assert set(names) <= got
 
 
+def test_prune_and_check_jobs_succeed_and_keep_the_newest_snapshots(fleet, summaries):
+    newest = {
+        kind: max(s["time"] for s in snapshots(fleet) if kind in s["tags"]) for kind in ("kind:pgdump", "kind:files")
+    }
+    for job in ("prune", "check"):
+        run = backup_job(summaries, f"job-{job}", job)
+        assert run.returncode == 0, run.output[-5000:]
+        assert metric(fleet, job, "local") == 1 and metric(fleet, job, "offsite") == 1
+    after = snapshots(fleet)
+    for kind, when in newest.items():
+        assert any(kind in s["tags"] and s["time"] == when for s in after), f"the newest {kind} snapshot was pruned"
+    # The local WAL archive still reaches back to the oldest kept base backup.
+    bases = [s for s in after if "kind:basebackup" in s["tags"]]
+    oldest = min(t.split(":", 1)[1] for s in bases for t in s["tags"] if t.startswith("walstart:"))
+    wal = on_db(fleet, "ls", "/var/lib/keelson/postgres/wal-archive").stdout.split()
+    assert [w for w in wal if len(w) == 24 and w[8:] >= oldest[8:]], wal
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
