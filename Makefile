@@ -11,10 +11,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 lab: prereqs venv up converge
 
 ## test: the whole test suite (lint, unit, molecule, end-to-end); CI runs this
-# Two workers: the end-to-end tests (one group, in order, on the one lab) run
-# beside lint, unit and Molecule (tests/conftest.py).
+# Two pytest runs side by side: the end-to-end tests (in order, on the one
+# lab) and lint + unit + Molecule (scripts/test.sh).
 test: prereqs venv
-	$(BIN)/pytest -n 2 --dist loadgroup
+	scripts/test.sh
 
 prereqs:
 	scripts/prereqs.sh
