@@ -179,3 +179,33 @@ def test_restore_test_fails_when_the_canary_does_not_match(config, server):
     assert "canary checksum" in test.stderr
     metrics = (config.parent / "textfile" / "keelson_backup_restore_test.prom").read_text()
     assert 'keelson_backup_last_run_success{task="restore_test",repository="local"} 0' in metrics
+
+
+def test_restore_pitr_unpacks_the_newest_base_backup_and_sets_the_target(config, server, tmp_path):
+    cfg = json.loads(config.read_text())
+    cfg["postgres"]["basebackup"] = True
+    cfg["postgres"]["data_dir"] = str(tmp_path / "pgdata")
+    cfg["wal_dir"] = str(tmp_path / "wal")
+    config.write_text(json.dumps(cfg))
+    (tmp_path / "pgdata").mkdir()
+    (tmp_path / "wal").mkdir()
+    assert run(config, "init").returncode == 0
+    backup = run(config, "backup")
+    assert backup.returncode == 0, backup.stderr
+    assert "base backup taken" in backup.stderr
+
+    early = run(config, "restore-pitr", "--check", "--target", "2020-01-01T00:00:00Z")
+    assert early.returncode == 1 and "no base backup" in early.stderr
+    target = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
+    time.sleep(2)
+    restored = run(config, "restore-pitr", "--target", target)
+    assert restored.returncode == 0, restored.stderr
+    data = tmp_path / "pgdata"
+    assert (data / "PG_VERSION").read_text().strip() == "16"
+    assert (data / "recovery.signal").exists()
+    auto = (data / "postgresql.auto.conf").read_text()
+    assert "restore_command = 'cp /wal-archive/%f %p'" in auto
+    assert "recovery_target_time = '" in auto
+    # Not over existing data.
+    again = run(config, "restore-pitr", "--target", target)
+    assert again.returncode == 1 and "is not empty" in again.stderr
