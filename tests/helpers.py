@@ -30,6 +30,8 @@ def tool_env() -> dict[str, str]:
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     env["ANSIBLE_NOCOLOR"] = "1"
+    # Test runs keep their audit trail out of the operator's own (docs/audit.md).
+    env.setdefault("KEELSON_AUDIT_LOG", str(ROOT / ".cache" / "test-audit.jsonl"))
     return env
 
 

@@ -581,14 +581,17 @@ class Releases:
         os.rename(building, self.release_dir(release_id))
         self._fsync_dir(self.releases_dir)
 
-    def activate(self, release_id, keep=5):
+    def activate(self, release_id, keep=5, meta=None):
         """Point ``current`` at ``release_id``, record it, prune beyond ``keep``.
 
         ``keep`` counts every release left, the current and the previous one
         included (they are never pruned); the rest are the newest by creation.
+        ``meta`` (e.g. the upgrade that activates it) is recorded with the
+        activation, so a reused release carries the latest upgrade's keys.
         """
         check_release_id(release_id)
         check_keep(keep)
+        meta = check_meta(meta or {})
         records, incomplete = self._scan()
         current = self.current()
         now = iso(self.clock())
@@ -605,9 +608,9 @@ class Releases:
         updates = {}
         wanted = dict(target)
         if moved:
-            wanted.update({"result": "active", "activated": now, "previous": current})
+            wanted.update(meta, result="active", activated=now, previous=current)
         elif target.get("result") != "active":
-            wanted.update({"result": "active", "activated": now})
+            wanted.update(meta, result="active", activated=now)
         if wanted != target:
             updates[release_id] = wanted
 
@@ -650,9 +653,10 @@ class Releases:
         os.replace(tmp, self.current_link)
         self._fsync_dir(self.project_dir)
 
-    def fail(self, release_id, error=None):
-        """Record ``result: failed`` and ``error``; ``current`` is never touched."""
+    def fail(self, release_id, error=None, meta=None):
+        """Record ``result: failed``, ``error`` and ``meta``; ``current`` is never touched."""
         check_release_id(release_id)
+        meta = check_meta(meta or {})
         records, _incomplete = self._scan()
         current = self.current()
         if release_id not in records:
@@ -661,7 +665,8 @@ class Releases:
             self.warnings.append(f"release {release_id} does not exist yet; assuming a prepare step created it")
             records[release_id] = {"id": release_id}
         record = records[release_id]
-        wanted = dict(record, result="failed", error=error)
+        wanted = dict(record, **meta)
+        wanted.update(result="failed", error=error)
         if record.get("result") != "failed" or not record.get("failed_at"):
             wanted["failed_at"] = iso(self.clock())
         if release_id == current:
@@ -691,6 +696,7 @@ class Releases:
                 "previous": r.get("previous"),
                 "error": r.get("error"),
                 "current": r["id"] == current,
+                "meta": {key: value for key, value in r.items() if key not in RESERVED},
             }
             for r in _newest_first(records.values())
         ]

@@ -74,6 +74,8 @@ options:
     description:
       - Extra keys merged into a new release's C(release.json), e.g. C(git_commit), C(deployed_by).
       - Keys the module records itself (C(id), C(result), C(created), ...) are refused.
+      - With C(active) (when it moves C(current) or changes the result) and C(failed) the keys are merged into the
+        existing record, e.g. the id of the upgrade that activated a reused release, or who marked it bad.
     type: dict
     default: {}
   release:
@@ -182,7 +184,7 @@ pruned:
   returned: state is active
 releases:
   description: Releases newest first, each with C(id), C(created), C(activated), C(result), C(images),
-    C(config_hash), C(previous), C(error) and C(current) (bool).
+    C(config_hash), C(previous), C(error), C(current) (bool) and C(meta) (the other keys of its record).
   type: list
   elements: dict
   returned: state is list
@@ -252,9 +254,9 @@ def main():
             if p["state"] == "prepared":
                 result = releases.prepare(p["files"], p["images"], p["meta"])
             elif p["state"] == "active":
-                result = releases.activate(p["release"], p["keep"])
+                result = releases.activate(p["release"], p["keep"], p["meta"])
             elif p["state"] == "failed":
-                result = releases.fail(p["release"], p["error"])
+                result = releases.fail(p["release"], p["error"], p["meta"])
             else:
                 result = releases.list()
         finally:

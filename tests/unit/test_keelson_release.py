@@ -349,6 +349,27 @@ def test_failed_marks_the_record_without_moving_current(make, tmp_path):
         make().fail("20200101T000000Z-00000000", "x")
 
 
+def test_activation_and_failure_record_meta_shared_by_an_upgrade(make, tmp_path):
+    """An upgrade id given at activation lands in a reused release's record; list shows it."""
+    old, new = prepare_n(make, 2)
+    make().activate(old, meta={"upgrade": "u-1"})
+    make().activate(new, meta={"upgrade": "u-2", "target": "v2"})
+    assert record(tmp_path, new)["upgrade"] == "u-2" and record(tmp_path, new)["target"] == "v2"
+    # Rolling back reuses the old release: it now carries the rollback's id.
+    make().activate(old, meta={"upgrade": "u-3"})
+    assert record(tmp_path, old)["upgrade"] == "u-3"
+    # Activating what is already current changes nothing, meta included.
+    assert make().activate(old, meta={"upgrade": "u-4"})["changed"] is False
+    assert record(tmp_path, old)["upgrade"] == "u-3"
+    make().fail(new, "rolled back", meta={"marked_bad_by": "ops"})
+    rec = record(tmp_path, new)
+    assert rec["result"] == "failed" and rec["marked_bad_by"] == "ops" and rec["upgrade"] == "u-2"
+    listed = {r["id"]: r for r in make().list()["releases"]}
+    assert listed[new]["meta"]["marked_bad_by"] == "ops" and listed[old]["meta"]["upgrade"] == "u-3"
+    with pytest.raises(kr.ReleaseError, match="meta may not set"):
+        make().activate(new, meta={"result": "active"})
+
+
 def test_list_returns_releases_newest_first_and_changes_nothing(make, tmp_path):
     assert make().list() == {"changed": False, "releases": [], "current": None}
     ids = prepare_n(make, 3)
