@@ -1,0 +1,284 @@
+"""Rolling upgrades on the lab, under load through the edge (docs/upgrades.md).
+
+In order: bad input refused before any host is drained; v1 -> v2 with zero
+failed requests (backup first, migrations once, the upgrade's id on every
+host, the audit trail), a second run that changes nothing; a broken release
+rolled back automatically; rollback.yml back to v1; an app host killed in the
+middle of an upgrade, and the rerun that completes it; patch.yml on one app
+host.  The load is bounded (rate, count and time fixed) and stays below the
+lab's per-client rate limit (50 requests per 10 s)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from keelson.load import LoadGenerator, LoadResult
+from tests.e2e.conftest import assert_refused_before_any_change, lab_playbook
+from tests.e2e.https import CA_CERT, DOMAIN, edge_address
+from tests.e2e.probe import on_host
+
+APP_HOSTS = ("lab-app1", "lab-app2")
+V1, V2, BROKEN = "keelson-lab/app:v1", "keelson-lab/app:v2", "keelson-lab/app:broken"
+# 4 requests/s from one address: under the lab's rate limit with room for the tests' own.
+RATE = 4.0
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, first_converge):
+    assert first_converge.returncode == 0, first_converge.output[-15000:]
+    return lab
+
+
+@contextlib.contextmanager
+def load(lab, seconds: float = 900) -> Iterator[LoadGenerator]:
+    """Constant requests through the edge while the block runs (bounded: RATE/s, ``seconds`` at most)."""
+    generator = LoadGenerator(
+        f"https://{DOMAIN}/version",
+        workers=4,
+        rate=RATE,
+        max_requests=int(RATE * seconds) + 1,
+        max_seconds=seconds,
+        timeout=10.0,
+        ca_file=str(CA_CERT),
+        connect_address=(edge_address(lab), 443),
+        paths=["/version", "/readyz"],
+        tally_json_field="release",
+    )
+    with generator:
+        yield generator
+
+
+def no_failures(result: LoadResult) -> None:
+    assert result.sent >= 20, result.summary()
+    assert result.failed == 0, f"{result.summary()}\n{result.failures[:20]}"
+
+
+def slot_versions(lab, host: str) -> dict[str, dict]:
+    """/version of each running slot of ``host``, asked on the host itself."""
+    found = {}
+    for slot, port in (("blue", 8001), ("green", 8002)):
+        out = on_host(lab, host, "curl", "-fsS", "--max-time", "5", f"http://127.0.0.1:{port}/version")
+        if out.returncode == 0:
+            found[slot] = json.loads(out.stdout)
+    return found
+
+
+def serving(lab, host: str) -> set[str]:
+    """Releases the host's running slots serve."""
+    return {v["release"] for v in slot_versions(lab, host).values()}
+
+
+def records(lab, host: str) -> list[dict]:
+    out = on_host(lab, host, "sudo", "sh", "-c", "cat /opt/keelson/keelson-app-*/releases/*/release.json")
+    assert out.returncode == 0, out.stderr
+    decoder, text, found = json.JSONDecoder(), out.stdout.strip(), []
+    while text:
+        record, end = decoder.raw_decode(text)
+        found.append(record)
+        text = text[end:].strip()
+    return found
+
+
+def edge_states(lab) -> dict[str, str]:
+    """Status of every app server in HAProxy on the edge (show stat)."""
+    out = on_host(
+        lab,
+        "lab-edge1",
+        "sudo",
+        "python3",
+        "-c",
+        "import socket;s=socket.socket(socket.AF_UNIX);s.connect('/run/keelson-edge/admin.sock');"
+        "s.sendall(b'show stat\\n');d=b''\n"
+        "while True:\n c=s.recv(65536)\n if not c: break\n d+=c\nprint(d.decode())",
+    )
+    assert out.returncode == 0, out.stderr
+    header = out.stdout.lstrip("# ").splitlines()[0].split(",")
+    states = {}
+    for line in out.stdout.splitlines()[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == "app" and row.get("svname") not in ("FRONTEND", "BACKEND"):
+            states[row["svname"]] = row["status"]
+    return states
+
+
+def upgrade(summaries, name: str, image: str, *extra: str):
+    return lab_playbook(summaries, name, "playbooks/upgrade.yml", "-e", f"app_image={image}", *extra)
+
+
+# --- bad input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-e", "app_image=keelson-lab/app:v9"], "app_image keelson-lab/app:v9 is unknown"),
+        (["-e", f"app_image={V2}", "-e", "upgrade_serial=0"], "upgrade_serial must be"),
+        (["-e", f"app_image={V2}", "-e", "keelson_lb_group=nowhere"], "the inventory has no edge host"),
+        # Pull delivery from a registry on the host's own loopback: nothing listens, nothing leaves the lab.
+        (
+            ["-e", "app_image=127.0.0.1:5999/keelson/app:v2", "-e", "keelson_image_delivery=pull"],
+            "could not be delivered to lab-app1",
+        ),
+    ],
+    ids=["unknown-release", "batch-0", "no-edge", "image-missing"],
+)
+def test_bad_upgrade_input_is_refused_before_any_host_is_drained(fleet, summaries, extra, message):
+    before = edge_states(fleet)
+    run = lab_playbook(summaries, f"upgrade-bad-{message[:10]}", "playbooks/upgrade.yml", *extra)
+    assert_refused_before_any_change(run, message)
+    assert edge_states(fleet) == before
+
+
+# --- v1 -> v2 ------------------------------------------------------------------------
+
+
+def test_upgrade_to_v2_under_load_fails_no_request(fleet, summaries):
+    for host in APP_HOSTS:
+        assert serving(fleet, host) == {"v1"}
+    with load(fleet) as generator:
+        time.sleep(3)
+        run = upgrade(summaries, "upgrade-v2", V2)
+        time.sleep(3)
+    result = generator.result()
+    assert run.returncode == 0, run.output[-8000:]
+    no_failures(result)
+    # Both releases answered during the run, and the switch went one way.
+    assert result.tally.get("v1") and result.tally.get("v2"), result.tally
+    assert result.tally_spans["v1"][0] < result.tally_spans["v2"][0]
+    for host in APP_HOSTS:
+        assert serving(fleet, host) == {"v2"}, slot_versions(fleet, host)
+    # The migrations ran once: the schema is 0002 everywhere.
+    assert {v["schema"] for h in APP_HOSTS for v in slot_versions(fleet, h).values()} == {"0002"}
+
+    # One upgrade id on every host's new release.
+    def new_active(host: str) -> list[dict]:
+        return [r for r in records(fleet, host) if r.get("result") == "active" and r["images"][0]["ref"] == V2]
+
+    active = {host: new_active(host) for host in APP_HOSTS}
+    assert all(len(found) == 1 for found in active.values()), active
+    assert len({found[0]["upgrade"] for found in active.values()}) == 1
+    # The database was backed up first.
+    backups = on_host(fleet, "lab-db1", "sudo", "keelson-backup", "snapshots", "--repository", "local")
+    assert any("reason:pre-upgrade" in s.get("tags", []) for s in json.loads(backups.stdout)), backups.stdout[-2000:]
+    # The audit trail: a line on the controller and the same on each host of the run.
+    line = on_host(fleet, "lab-app1", "sudo", "tail", "-n", "1", "/var/log/keelson/audit.jsonl")
+    audit = json.loads(line.stdout)
+    assert audit["playbook"].endswith("upgrade.yml") and audit["result"] == "ok" and audit["release"] == V2, audit
+    assert set(APP_HOSTS) <= set(audit["hosts"])
+    # Only the new slots are in service at the edge.
+    states = edge_states(fleet)
+    for host in APP_HOSTS:
+        new = next(iter(slot_versions(fleet, host)))
+        assert states[f"{host}-{new}"].startswith("UP"), states
+
+
+def test_a_second_upgrade_run_changes_nothing(fleet, summaries):
+    run = upgrade(summaries, "upgrade-v2-again", V2, "-e", "upgrade_backup=false")
+    assert run.returncode == 0, run.output[-8000:]
+    assert run.changed_tasks() == [], run.changed_tasks()
+
+
+# --- a broken release ----------------------------------------------------------------
+
+
+def test_a_broken_release_is_rolled_back_automatically_under_load(fleet, summaries):
+    with load(fleet) as generator:
+        run = upgrade(summaries, "upgrade-broken", BROKEN, "-e", "upgrade_backup=false")
+        time.sleep(3)
+    result = generator.result()
+    assert run.returncode != 0
+    assert "the switch to broken" in run.output and "Rolled back" in run.output, run.output[-8000:]
+    no_failures(result)
+    assert set(result.tally) <= {"v2", ""}, result.tally
+    for host in APP_HOSTS:
+        assert serving(fleet, host) == {"v2"}, slot_versions(fleet, host)
+    # The first host's broken release is marked failed; the second host was not touched.
+    failed = [r for r in records(fleet, "lab-app1") if r["images"][0]["ref"] == BROKEN]
+    assert failed and all(r["result"] == "failed" and "health gate" in r["error"] for r in failed), failed
+    assert not [r for r in records(fleet, "lab-app2") if r["images"][0]["ref"] == BROKEN]
+
+
+# --- rollback on demand --------------------------------------------------------------
+
+
+def test_rollback_returns_the_fleet_to_v1_under_load(fleet, summaries):
+    with load(fleet) as generator:
+        run = lab_playbook(summaries, "rollback", "playbooks/rollback.yml")
+        time.sleep(3)
+    result = generator.result()
+    assert run.returncode == 0, run.output[-8000:]
+    no_failures(result)
+    for host in APP_HOSTS:
+        assert serving(fleet, host) == {"v1"}, slot_versions(fleet, host)
+        left = [r for r in records(fleet, host) if r["images"][0]["ref"] == V2]
+        assert left and any(r["result"] == "failed" and "rolled back" in r["error"] for r in left), left
+
+
+# --- a host lost in the middle of an upgrade -----------------------------------------
+
+
+def test_a_host_killed_mid_upgrade_leaves_the_rest_serving_and_a_rerun_completes(fleet, summaries):
+    client = docker.from_env()
+    app2 = client.containers.get(fleet.host("lab-app2").container_name(fleet.name))
+    killed = threading.Event()
+
+    def kill_when_app2_switches() -> None:
+        # app1 goes first (serial 1); app2 is killed as soon as its new slot's
+        # container runs next to the old one, before its health gate passes.
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            both = on_host(fleet, "lab-app2", "sudo", "docker", "ps", "-q", "--filter", "label=io.keelson.slot")
+            if len(both.stdout.split()) == 2:
+                app2.kill()
+                killed.set()
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=kill_when_app2_switches, daemon=True)
+    with load(fleet) as generator:
+        watcher.start()
+        run = upgrade(summaries, "upgrade-killed", V2, "-e", "upgrade_backup=false")
+        watcher.join(timeout=60)
+        assert killed.is_set(), run.output[-8000:]
+        after_kill = time.monotonic()
+        time.sleep(20)
+    result = generator.result()
+    assert run.returncode != 0
+    # The rest kept serving: app1 answered after the kill ...
+    offset = after_kill - (time.monotonic() - result.duration_s)
+    late = [b for b in result.timeline if b.second >= offset + 10]
+    assert late and all(b.ok > 0 for b in late), result.timeline
+    # ... and only requests that were in flight on app2 when it died may have failed.
+    assert result.failed <= 4, result.failures
+    # app2 comes back (its containers restart with it); the rerun completes the upgrade.
+    app2.start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and on_host(fleet, "lab-app2", "true").returncode != 0:
+        time.sleep(3)
+    with load(fleet) as generator:
+        rerun = upgrade(summaries, "upgrade-rerun", V2, "-e", "upgrade_backup=false")
+    assert rerun.returncode == 0, rerun.output[-8000:]
+    no_failures(generator.result())
+    for host in APP_HOSTS:
+        assert serving(fleet, host) == {"v2"}, slot_versions(fleet, host)
+
+
+# --- OS patches ----------------------------------------------------------------------
+
+
+def test_patching_an_app_host_drains_it_and_puts_it_back_under_load(fleet, summaries):
+    with load(fleet, seconds=600) as generator:
+        run = lab_playbook(summaries, "patch", "playbooks/patch.yml", "-l", "lab-app2")
+    result = generator.result()
+    assert run.returncode == 0, run.output[-8000:]
+    no_failures(result)
+    states = edge_states(fleet)
+    new = next(iter(slot_versions(fleet, "lab-app2")))
+    assert states[f"lab-app2-{new}"].startswith("UP"), states
