@@ -56,3 +56,18 @@ def run_playbook(
     )
     summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
     return PlaybookRun(proc.returncode, proc.stdout + proc.stderr, summary)
+
+
+def module_doc(name: str) -> dict:
+    """`ansible-doc --json` of one of our modules (plugins/modules): its doc, examples and return."""
+    proc = subprocess.run(
+        [str(BIN / "ansible-doc"), "-M", "plugins/modules", "--json", name],
+        cwd=ROOT,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)[name]

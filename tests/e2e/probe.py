@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 
 from keelson.lab import fleet as lab_fleet
 from tests.e2e.conftest import DEPLOY_USER
@@ -31,3 +33,26 @@ def probe(lab: lab_fleet.Fleet, source: str, target: str, port: int) -> str:
     result = on_host(lab, source, "python3", "-c", PROBE, lab.host(target).address, str(port))
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def wait_for_prometheus(lab: lab_fleet.Fleet, query: str, value: str = "1", timeout: float = 120) -> None:
+    """Until the lab's Prometheus (on lab-edge1) answers ``query`` with ``value`` as its first result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = on_host(
+            lab,
+            "lab-edge1",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-G",
+            "http://127.0.0.1:9090/api/v1/query",
+            "--data-urlencode",
+            f"query={query}",
+        ).stdout
+        result = json.loads(out or "{}").get("data", {}).get("result", [])
+        if result and result[0]["value"][1] == value:
+            return
+        assert time.monotonic() < deadline, f"Prometheus: {query} is not {value}: {out}"
+        time.sleep(5)

@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.conftest import assert_refused_before_any_change, lab_playbook
 from tests.e2e.https import request
-from tests.e2e.probe import on_host
+from tests.e2e.probe import on_host, wait_for_prometheus
 
 DB = "lab-db1"
 BACKUP = "lab-backup1"
@@ -275,27 +275,7 @@ def test_an_unreachable_offsite_host_fails_loudly_and_the_local_backup_stays(fle
 
 
 def test_prometheus_sees_the_backup_results(fleet):
-    monitoring = "lab-edge1"
-    query = 'keelson_backup_last_run_success{task="backup",repository="offsite"}'
-    deadline = time.monotonic() + 120
-    while True:
-        out = on_host(
-            fleet,
-            monitoring,
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-G",
-            "http://127.0.0.1:9090/api/v1/query",
-            "--data-urlencode",
-            f"query={query}",
-        ).stdout
-        result = json.loads(out or "{}").get("data", {}).get("result", [])
-        if result and result[0]["value"][1] == "1":
-            break
-        assert time.monotonic() < deadline, out
-        time.sleep(5)
+    wait_for_prometheus(fleet, 'keelson_backup_last_run_success{task="backup",repository="offsite"}')
 
 
 # --- the drill and bad input -----------------------------------------------------------

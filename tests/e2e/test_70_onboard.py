@@ -9,7 +9,6 @@ the end of the session removes the new container with the others."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import yaml
 
 from keelson.lab import fleet as lab_fleet
 from tests.e2e.conftest import LAB_INVENTORY
-from tests.e2e.probe import on_host
+from tests.e2e.probe import wait_for_prometheus
 from tests.e2e.traffic import edge_servers, load, no_failures, serving
 from tests.helpers import run_playbook
 
@@ -77,22 +76,4 @@ def test_onboarding_a_fourth_app_host_fails_no_request_and_it_serves_and_is_scra
         with load(lab, seconds=5):
             time.sleep(5)
     # ... and Prometheus on the monitoring host scrapes its node-exporter.
-    deadline = time.monotonic() + 120
-    while True:
-        out = on_host(
-            lab,
-            "lab-edge1",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-G",
-            "http://127.0.0.1:9090/api/v1/query",
-            "--data-urlencode",
-            f'query=up{{job="node",host="{NEW}"}}',
-        ).stdout
-        found = json.loads(out or "{}").get("data", {}).get("result", [])
-        if found and found[0]["value"][1] == "1":
-            break
-        assert time.monotonic() < deadline, out
-        time.sleep(5)
+    wait_for_prometheus(lab, f'up{{job="node",host="{NEW}"}}')

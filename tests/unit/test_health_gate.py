@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import json
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import BIN, ROOT, run_playbook, tool_env
+from tests.helpers import ROOT, module_doc, run_playbook
 
 MODULE = ROOT / "plugins" / "modules" / "keelson_health_gate.py"
 sys.path.insert(0, str(MODULE.parent))
@@ -382,16 +381,6 @@ def test_the_module_runs_end_to_end_through_ansible(slot, tmp_path: Path):
 
 
 def test_ansible_doc_renders_the_module():
-    proc = subprocess.run(
-        [str(BIN / "ansible-doc"), "-M", "plugins/modules", "--json", "keelson_health_gate"],
-        cwd=ROOT,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)["keelson_health_gate"]
+    doc = module_doc("keelson_health_gate")
     assert set(doc["doc"]["options"]) == set(hg.ARGUMENT_SPEC)
     assert set(doc["return"]) == RETURNED

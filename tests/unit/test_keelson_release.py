@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import BIN, ROOT, tool_env
+from tests.helpers import BIN, ROOT, module_doc, tool_env
 
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
 import keelson_release as kr  # noqa: E402
@@ -521,17 +521,7 @@ def test_the_module_runs_end_to_end_through_ansible(tmp_path):
 
 
 def test_ansible_doc_renders_the_module():
-    proc = subprocess.run(
-        [str(BIN / "ansible-doc"), "-M", "plugins/modules", "--json", "keelson_release"],
-        cwd=ROOT,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)["keelson_release"]
+    doc = module_doc("keelson_release")
     assert set(doc["doc"]["options"]) >= {"project", "root", "state", "files", "images", "release", "keep"}
     assert "release_id" in doc["return"]
 
