@@ -30,17 +30,28 @@ def tool_env() -> dict[str, str]:
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     env["ANSIBLE_NOCOLOR"] = "1"
-    # Test runs keep their audit trail out of the operator's own (docs/audit.md).
+    # Test runs keep their audit trail out of the operator's own (docs/audit.md),
+    # and copy it to the hosts only where a test asks (run_playbook(audit_hosts=True)):
+    # the copy is one more ansible run at the end of every playbook.
     env.setdefault("KEELSON_AUDIT_LOG", str(ROOT / ".cache" / "test-audit.jsonl"))
+    env.setdefault("KEELSON_AUDIT_HOST_COPY", "false")
     return env
 
 
 def run_playbook(
-    playbook: str | Path, *args: str, summary_file: Path | None, timeout: int = 1800, cwd: Path = ROOT
+    playbook: str | Path,
+    *args: str,
+    summary_file: Path | None,
+    timeout: int = 1800,
+    cwd: Path = ROOT,
+    audit_hosts: bool = False,
 ) -> PlaybookRun:
     """Run ansible-playbook (from the project root by default); return output and the JSON summary.
-    With ``summary_file=None`` the keelson_summary callback is given no file."""
+    With ``summary_file=None`` the keelson_summary callback is given no file; ``audit_hosts``
+    lets keelson_audit copy its line to the hosts of the run."""
     env = tool_env()
+    if audit_hosts:
+        env["KEELSON_AUDIT_HOST_COPY"] = "true"
     env.pop("KEELSON_SUMMARY_FILE", None)
     if summary_file is not None:
         env["KEELSON_SUMMARY_FILE"] = str(summary_file)

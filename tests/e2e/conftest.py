@@ -46,9 +46,11 @@ def summaries(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("summaries")
 
 
-def lab_playbook(summaries: Path, name: str, playbook: str, *args: str) -> PlaybookRun:
+def lab_playbook(summaries: Path, name: str, playbook: str, *args: str, audit_hosts: bool = False) -> PlaybookRun:
     """Run a playbook against the lab inventory; the JSON summary is kept under ``name``."""
-    return run_playbook(playbook, "-i", str(LAB_INVENTORY), *args, summary_file=summaries / f"{name}.json")
+    return run_playbook(
+        playbook, "-i", str(LAB_INVENTORY), *args, summary_file=summaries / f"{name}.json", audit_hosts=audit_hosts
+    )
 
 
 def assert_refused_before_any_change(run: PlaybookRun, message: str) -> None:

@@ -42,8 +42,10 @@ def records(lab, host: str) -> list[dict]:
     return found
 
 
-def upgrade(summaries, name: str, image: str, *extra: str):
-    return lab_playbook(summaries, name, "playbooks/upgrade.yml", "-e", f"app_image={image}", *extra)
+def upgrade(summaries, name: str, image: str, *extra: str, audit_hosts: bool = False):
+    return lab_playbook(
+        summaries, name, "playbooks/upgrade.yml", "-e", f"app_image={image}", *extra, audit_hosts=audit_hosts
+    )
 
 
 # --- bad input -----------------------------------------------------------------------
@@ -82,7 +84,7 @@ def test_upgrade_to_v2_under_load_fails_no_request(fleet, summaries):
         assert serving(fleet, host) == {"v1"}
     with load(fleet) as generator:
         time.sleep(3)
-        run = upgrade(summaries, "upgrade-v2", V2)
+        run = upgrade(summaries, "upgrade-v2", V2, audit_hosts=True)
         time.sleep(3)
     result = generator.result()
     assert run.returncode == 0, run.output[-8000:]
