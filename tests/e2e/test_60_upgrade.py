@@ -191,18 +191,23 @@ def test_a_host_killed_mid_upgrade_leaves_the_rest_serving_and_a_rerun_completes
         watcher.start()
         run = upgrade(summaries, "upgrade-killed", V2, "-e", "upgrade_backup=false")
         watcher.join(timeout=60)
-        assert killed.is_set(), run.output[-8000:]
-        time.sleep(10)
+        # Whenever the play noticed, the load goes on 20 s past the kill.
+        if killed_at:
+            time.sleep(max(0.0, killed_at[0] + 20 - time.monotonic()))
     result = generator.result()
-    assert run.returncode != 0
-    # The rest kept serving: app1 answered after the kill ...
-    offset = killed_at[0] - load_started
-    late = [b for b in result.timeline if b.second >= offset + 10]
-    assert late and all(b.ok > 0 for b in late), result.timeline
-    # ... and only requests that were in flight on app2 when it died may have failed.
-    assert result.failed <= 4, result.failures
-    # app2 comes back (its containers restart with it); the rerun completes the upgrade.
-    app2.start()
+    try:
+        assert killed.is_set(), run.output[-8000:]
+        assert run.returncode != 0
+        # The rest kept serving: every second from 10 to 18 s after the kill had answers ...
+        offset = killed_at[0] - load_started
+        late = [b for b in result.timeline if offset + 10 <= b.second <= offset + 18]
+        seen = [(b.second, b.ok, b.failed) for b in result.timeline[-25:]]
+        assert late and all(b.ok > 0 for b in late), f"kill at {offset:.1f} s; last seconds {seen}"
+        # ... and only requests that were in flight on app2 when it died may have failed.
+        assert result.failed <= 4, result.failures
+    finally:
+        # app2 comes back (its containers restart with it), also for the tests after this one.
+        app2.start()
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and on_host(fleet, "lab-app2", "true").returncode != 0:
         time.sleep(3)
