@@ -111,6 +111,9 @@ SERVICE_IMAGES: tuple[ServiceImage, ...] = (
     ServiceImage("prometheus", "lab", upstream="prom/prometheus"),
     ServiceImage("alertmanager", "lab", upstream="prom/alertmanager"),
     ServiceImage("pebble", "lab", upstream="ghcr.io/letsencrypt/pebble"),
+    ServiceImage("blackbox", "lab", upstream="prom/blackbox-exporter"),
+    ServiceImage("postgres-exporter", "lab", upstream="quay.io/prometheuscommunity/postgres-exporter"),
+    ServiceImage("redis-exporter", "lab", upstream="oliver006/redis_exporter"),
     # The reference app (app/): v1, v2 (an expand-only migration) and a release that never gets ready.
     *(
         ServiceImage("app", variant, buildargs=(("APP_VARIANT", variant),), context_root=PROJECT_ROOT / "app")

@@ -121,9 +121,15 @@ def test_every_rules_file_is_deployed(rules_file):
     dest = f"rules/{rules_file.name}"
     template = f"rules-{rules_file.name}.j2"
     assert {"src": template, "dest": dest} in config_files, f"vars/main.yml: __monitoring_config_files lacks {dest}"
-    assert f"/files/rules/{rules_file.name}'" in (ROLE / "templates" / template).read_text(), (
-        f"templates/{template} does not render files/rules/{rules_file.name}"
+    text = (ROLE / "templates" / template).read_text()
+    # Either a lookup of the file itself, or the shared rules-file.j2 told which file to look up.
+    direct = f"/files/rules/{rules_file.name}'" in text
+    shared = (
+        f"__monitoring_rules_name = '{rules_file.stem}'" in text
+        and "include 'rules-file.j2'" in text
+        and "'/files/rules/' ~ __monitoring_rules_name ~ '.yml'" in (ROLE / "templates" / "rules-file.j2").read_text()
     )
+    assert direct or shared, f"templates/{template} does not render files/rules/{rules_file.name}"
 
 
 @pytest.mark.parametrize("rules_file", RULE_FILES, ids=_name)
