@@ -11,7 +11,8 @@ import subprocess
 import pytest
 
 from keelson.lab import fleet as lab_fleet
-from tests.e2e.conftest import DEPLOY_USER, assert_refused_before_any_change, lab_playbook
+from tests.e2e import runbooks
+from tests.e2e.conftest import DEPLOY_USER, LAB_INVENTORY, assert_refused_before_any_change, lab_playbook
 
 
 def _recap(run) -> str:
@@ -26,14 +27,23 @@ def test_site_converges_every_lab_host(lab, first_converge):
     assert all(s["changed"] > 0 for s in hosts.values()), "a fresh host must need changes"
 
 
+# The second run and the check-mode run are docs/runbooks/deploy.md's commands
+# (`keelson up`, `keelson up --check`: site.yml through the keelson CLI).
+
+
 def test_second_run_changes_nothing(lab, first_converge, summaries):
-    run = lab_playbook(summaries, "second", "site.yml")
+    check = runbooks.run(
+        "deploy", "keelson environment validate <environment>", inventory=LAB_INVENTORY, environment="lab"
+    )
+    assert check.returncode == 0, check.output[-3000:]
+    run = runbooks.run("deploy", "keelson up", inventory=LAB_INVENTORY, summary_file=summaries / "second.json")
     assert run.returncode == 0, run.output[-15000:]
+    assert "site.yml" in run.output
     assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
 
 
 def test_check_and_diff_on_a_converged_fleet_report_no_change(lab, first_converge, summaries):
-    run = lab_playbook(summaries, "check", "site.yml", "--check", "--diff")
+    run = runbooks.run("deploy", "keelson up --check", inventory=LAB_INVENTORY, summary_file=summaries / "check.json")
     assert run.returncode == 0, run.output[-15000:]
     assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
 

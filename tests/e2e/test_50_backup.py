@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from tests.e2e.conftest import assert_refused_before_any_change, lab_playbook
+from tests.e2e import runbooks
+from tests.e2e.conftest import LAB_INVENTORY, assert_refused_before_any_change, lab_playbook
 from tests.e2e.https import request
 from tests.e2e.probe import on_host, wait_for_prometheus
 
@@ -128,7 +129,12 @@ def test_rows_written_through_the_app_survive_backup_destroy_and_restore(fleet, 
     sql(fleet, "DELETE FROM items")
     assert sql(fleet, "SELECT count(*) FROM items") == "0"
 
-    run = lab_playbook(summaries, "restore-1", "playbooks/restore.yml", "-e", "restore_confirm=yes")
+    # As docs/runbooks/restore.md says, through the keelson CLI.
+    check = runbooks.run("restore", "keelson backup --job check", inventory=LAB_INVENTORY)
+    assert check.returncode == 0, check.output[-5000:]
+    run = runbooks.run(
+        "restore", "keelson restore --yes", inventory=LAB_INVENTORY, summary_file=summaries / "restore-1.json"
+    )
     assert run.returncode == 0, run.output[-8000:]
     assert sql(fleet, ITEMS_CHECKSUM) == before
     # The emptied database was kept aside, not dropped.

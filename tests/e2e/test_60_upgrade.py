@@ -17,7 +17,8 @@ import time
 import docker
 import pytest
 
-from tests.e2e.conftest import assert_refused_before_any_change, lab_playbook
+from tests.e2e import runbooks
+from tests.e2e.conftest import LAB_INVENTORY, assert_refused_before_any_change, lab_playbook
 from tests.e2e.probe import on_host
 from tests.e2e.traffic import edge_states, load, no_failures, serving, slot_versions
 
@@ -150,7 +151,10 @@ def test_a_broken_release_is_rolled_back_automatically_under_load(fleet, summari
 
 def test_rollback_returns_the_fleet_to_v1_under_load(fleet, summaries):
     with load(fleet) as generator:
-        run = lab_playbook(summaries, "rollback", "playbooks/rollback.yml")
+        # As docs/runbooks/rollback.md says, through the keelson CLI.
+        run = runbooks.run(
+            "rollback", "keelson rollback", inventory=LAB_INVENTORY, summary_file=summaries / "rollback.json"
+        )
         time.sleep(3)
     result = generator.result()
     assert run.returncode == 0, run.output[-8000:]
@@ -159,6 +163,8 @@ def test_rollback_returns_the_fleet_to_v1_under_load(fleet, summaries):
         assert serving(fleet, host) == {"v1"}, slot_versions(fleet, host)
         left = [r for r in records(fleet, host) if r["images"][0]["ref"] == V2]
         assert left and any(r["result"] == "failed" and "rolled back" in r["error"] for r in left), left
+    status = runbooks.run("rollback", "keelson status", inventory=LAB_INVENTORY)
+    assert "keelson-lab/app:v1" in status.output, status.output[-5000:]
 
 
 # --- a host lost in the middle of an upgrade -----------------------------------------

@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from keelson.lab import fleet as lab_fleet
+from tests.e2e import runbooks
 from tests.e2e.conftest import LAB_INVENTORY
 from tests.e2e.probe import wait_for_prometheus
 from tests.e2e.traffic import edge_servers, load, no_failures, serving
-from tests.helpers import run_playbook
 
 NEW = "lab-app3"
 NEW_ADDRESS = "172.30.77.23"
@@ -47,16 +47,22 @@ def test_onboarding_a_fourth_app_host_fails_no_request_and_it_serves_and_is_scra
     release = serving(lab, "lab-app1")
     assert len(release) == 1, release
     image = f"keelson-lab/app:{release.pop()}"
+    # The inventory names the release the fleet runs (as an operator's would after the upgrade).
+    hosts = yaml.safe_load((grown / "hosts.yml").read_text())
+    hosts["all"]["hosts"][NEW]["app_image"] = image
+    (grown / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    # As docs/runbooks/onboard.md says, through the keelson CLI.
+    check = runbooks.run(
+        "onboard", "keelson environment validate <environment>", inventory=grown, environment=str(grown)
+    )
+    assert check.returncode == 0, check.output[-3000:]
     with load(lab) as generator:
-        run = run_playbook(
-            "playbooks/onboard.yml",
-            "-i",
-            str(grown),
-            "-l",
-            NEW,
-            "-e",
-            f"app_image={image}",
+        run = runbooks.run(
+            "onboard",
+            "keelson onboard <new-host>",
+            inventory=grown,
             summary_file=tmp_path / "onboard.json",
+            new_host=NEW,
         )
         time.sleep(3)
     result = generator.result()
@@ -77,3 +83,5 @@ def test_onboarding_a_fourth_app_host_fails_no_request_and_it_serves_and_is_scra
             time.sleep(5)
     # ... and Prometheus on the monitoring host scrapes its node-exporter.
     wait_for_prometheus(lab, f'up{{job="node",host="{NEW}"}}')
+    status = runbooks.run("onboard", "keelson status", inventory=grown)
+    assert NEW in status.output, status.output[-5000:]

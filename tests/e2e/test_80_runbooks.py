@@ -1,0 +1,196 @@
+"""The runbooks (docs/runbooks/) executed against the lab, command by command, as written.
+
+Runbooks whose commands are the heart of an earlier test run there instead (deploy in
+test_10, restore in test_50, rollback in test_60, onboard in test_70); the last test here
+checks that every command of every runbook ran in this session."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+
+import docker
+import pytest
+
+from tests.e2e import https, runbooks
+from tests.e2e.conftest import LAB_INVENTORY
+from tests.e2e.probe import on_host
+from tests.helpers import BIN, ROOT, tool_env
+
+pytestmark = pytest.mark.usefixtures("first_converge")
+
+STATUS = "keelson status"
+
+
+def status_json() -> dict:
+    """`keelson status --json` on the lab (the data behind the runbooks' `keelson status`)."""
+    env = {**tool_env(), "KEELSON_INVENTORY": str(LAB_INVENTORY)}
+    proc = subprocess.run(
+        [str(BIN / "keelson"), "status", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    report = json.loads(proc.stdout)
+    report["exit"] = proc.returncode
+    return report
+
+
+def host_row(report: dict, name: str) -> dict:
+    return next(h for h in report["hosts"] if h["host"] == name)
+
+
+def wait_healthy(timeout: float = 240) -> dict:
+    """Until `keelson status --json` says every host is healthy (alerts resolve on their own time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = status_json()
+        if report["exit"] == 0:
+            return report
+        assert time.monotonic() < deadline, json.dumps(report, indent=1)[-6000:]
+        time.sleep(10)
+
+
+def test_every_runbook_names_keelson_commands():
+    assert set(runbooks.NAMES) >= {
+        "deploy",
+        "rollback",
+        "restore",
+        "onboard",
+        "rotate-secret",
+        "certificates",
+        "disk-full",
+        "host-lost",
+    }
+    for name in runbooks.NAMES:
+        cmds = runbooks.commands(name)
+        assert cmds, f"{name}.md names no command"
+        assert all(c.startswith("keelson ") for c in cmds), cmds
+
+
+def test_certificates_runbook(lab, summaries):
+    """Look at the certificate, renew through the edge role, look again."""
+    run = runbooks.run("certificates", STATUS, inventory=LAB_INVENTORY)
+    assert run.returncode == 0, run.output[-5000:]
+    before = host_row(status_json(), "lab-edge1")
+    run = runbooks.run(
+        "certificates",
+        "keelson deploy -- --tags edge",
+        inventory=LAB_INVENTORY,
+        summary_file=summaries / "rb-cert.json",
+    )
+    assert run.returncode == 0, run.output[-10000:]
+    assert all(s["failures"] == 0 for s in run.summary["hosts"].values())
+    run = runbooks.run("certificates", STATUS, inventory=LAB_INVENTORY)
+    assert run.returncode == 0, run.output[-5000:]
+    after = host_row(status_json(), "lab-edge1")
+    # A certificate far from renewal is kept: the probe sees the same expiry.
+    assert isinstance(before["cert_days_left"], float | int), before
+    assert isinstance(after["cert_days_left"], float | int), after
+    assert 14 < after["cert_days_left"] < 400
+    assert abs(before["cert_days_left"] - after["cert_days_left"]) < 1
+
+
+def test_rotate_secret_runbook(lab, summaries):
+    """A new Redis password in the lab's secret store, then the runbook's deploy: Redis and
+    the app use the new one, the old one is refused, the app answers through the edge."""
+    secret_file = LAB_INVENTORY / ".lab" / "secrets" / "redis"
+    old = secret_file.read_text().split()[0]
+    new = secrets.token_hex(16)
+    secret_file.write_text(new + "\n")
+    run = runbooks.run(
+        "rotate-secret",
+        "keelson deploy -- --tags redis,app",
+        inventory=LAB_INVENTORY,
+        summary_file=summaries / "rb-rotate.json",
+    )
+    assert run.returncode == 0, run.output[-10000:]
+    ping = "REDISCLI_AUTH={} redis-cli --no-auth-warning ping"
+    for password, answer in [(new, "PONG"), (old, "WRONGPASS")]:
+        out = on_host(
+            lab,
+            "lab-db1",
+            "sudo",
+            "docker",
+            "exec",
+            "keelson-redis-redis-1",
+            "sh",
+            "-c",
+            ping.format(password),
+        )
+        assert answer in out.stdout + out.stderr, (password == new, out)
+    deadline = time.monotonic() + 60
+    while https.request(lab, "GET", "/readyz").status != 200:
+        assert time.monotonic() < deadline, "the app is not ready after the rotation"
+        time.sleep(2)
+    run = runbooks.run("rotate-secret", STATUS, inventory=LAB_INVENTORY)
+    wait_healthy()
+
+
+def test_disk_full_runbook(lab, summaries):
+    """Look, see what prune would remove (nothing removed), prune, look again."""
+
+    def releases() -> str:
+        out = on_host(lab, "lab-app1", "sudo", "sh", "-c", "ls -d /opt/keelson/*/releases/* | sort")
+        return out.stdout
+
+    assert runbooks.run("disk-full", STATUS, inventory=LAB_INVENTORY).returncode == 0
+    before = releases()
+    run = runbooks.run(
+        "disk-full", "keelson prune --dry-run", inventory=LAB_INVENTORY, summary_file=summaries / "rb-prune-dry.json"
+    )
+    assert run.returncode == 0, run.output[-10000:]
+    assert releases() == before, "a dry run removed releases"
+    run = runbooks.run(
+        "disk-full", "keelson prune --yes", inventory=LAB_INVENTORY, summary_file=summaries / "rb-prune.json"
+    )
+    assert run.returncode == 0, run.output[-10000:]
+    after = releases()
+    assert set(after.split()) <= set(before.split())
+    assert runbooks.run("disk-full", STATUS, inventory=LAB_INVENTORY).returncode == 0
+
+
+def test_host_lost_runbook(lab, summaries):
+    """lab-app2 goes away: status says so (exit 1) while the app still answers; it comes
+    back, the runbook converges it, status is healthy again."""
+    client = docker.from_env()
+    container = client.containers.get("keelson-lab-lab-app2")
+    container.stop(timeout=10)
+    try:
+        run = runbooks.run("host-lost", STATUS, inventory=LAB_INVENTORY)
+        assert run.returncode == 1, run.output[-5000:]
+        report = status_json()
+        assert host_row(report, "lab-app2")["reachable"] is False, report
+        assert host_row(report, "lab-app1")["reachable"] is True
+        assert https.request(lab, "GET", "/readyz").status == 200
+    finally:
+        container.start()
+    deadline = time.monotonic() + 120
+    while on_host(lab, "lab-app2", "true", timeout=15).returncode != 0:
+        assert time.monotonic() < deadline, "lab-app2 does not answer SSH after its start"
+        time.sleep(3)
+    run = runbooks.run(
+        "host-lost",
+        "keelson up -- --limit <host>",
+        inventory=LAB_INVENTORY,
+        summary_file=summaries / "rb-host-back.json",
+        host="lab-app2",
+    )
+    assert run.returncode == 0, run.output[-10000:]
+    wait_healthy()
+
+
+def test_every_runbook_command_ran(request):
+    """Every command of every runbook ran in this session (here or in the test named in the
+    module docstring) — only meaningful when the whole e2e suite ran."""
+    needed = {"test_10_site.py", "test_50_backup.py", "test_60_upgrade.py", "test_70_onboard.py"}
+    collected = {item.path.name for item in request.session.items}
+    if not needed <= collected:
+        pytest.skip(f"not the whole e2e suite: {sorted(needed - collected)} did not run")
+    missing = [(n, c) for n in runbooks.NAMES for c in runbooks.commands(n) if (n, c) not in runbooks.RAN]
+    assert not missing, f"runbook commands no test ran: {missing}"
