@@ -1,10 +1,11 @@
 """Centralised logs: journald's remote store on the first ``monitoring`` host.
 
 Every container's journal entries carry COM_DOCKER_COMPOSE_SERVICE,
-COM_DOCKER_COMPOSE_PROJECT, CONTAINER_NAME and _HOSTNAME (the inventory
-name).  ``keelson logs`` reads them with journalctl over SSH, connecting the
-way Ansible does (ansible_host, ansible_user, ansible_port, the key and the
-common SSH arguments of the inventory).
+COM_DOCKER_COMPOSE_PROJECT, CONTAINER_NAME and _HOSTNAME (the host name the
+base role sets: the inventory name up to its first dot).  ``keelson logs``
+reads them with journalctl over SSH, connecting the way Ansible does
+(ansible_host, ansible_user, ansible_port, the key and the common SSH
+arguments of the inventory).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def journalctl_args(service: str | None, host: str | None, lines: int, follow: b
     if service:
         args.append(f"COM_DOCKER_COMPOSE_SERVICE={service}")
     if host:
-        args.append(f"_HOSTNAME={host}")
+        # base sets the short name (inventory_hostname_short): app1.example.com logs as app1.
+        args.append(f"_HOSTNAME={host.split('.')[0]}")
     args += ["-n", str(lines)]
     if follow:
         args.append("-f")

@@ -33,6 +33,29 @@ def commands(name: str) -> list[str]:
     return [line[2:].strip() for block in _BLOCK.findall(text) for line in block.splitlines() if line.startswith("$ ")]
 
 
+def cli(
+    *args: str, inventory: Path, summary_file: Path | None = None, timeout: int = 1800
+) -> subprocess.CompletedProcess:
+    """Run ``keelson ARGS`` against ``inventory`` from the project root (output captured)."""
+    env = tool_env()
+    env["KEELSON_INVENTORY"] = str(inventory)
+    env.pop("KEELSON_SUMMARY_FILE", None)
+    if summary_file is not None:
+        env["KEELSON_SUMMARY_FILE"] = str(summary_file)
+        summary_file.unlink(missing_ok=True)
+    env.setdefault("COLUMNS", "200")
+    return subprocess.run(
+        [str(BIN / "keelson"), *args],
+        cwd=ROOT,
+        env={**env, "NO_COLOR": "1", "TERM": os.environ.get("TERM", "dumb")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def run(
     name: str,
     command: str,
@@ -50,23 +73,7 @@ def run(
     assert "<" not in line, f"placeholder left in {line!r}"
     argv = shlex.split(line)
     assert argv[0] == "keelson", f"runbook commands are keelson commands: {command!r}"
-    env = tool_env()
-    env["KEELSON_INVENTORY"] = str(inventory)
-    env.pop("KEELSON_SUMMARY_FILE", None)
-    if summary_file is not None:
-        env["KEELSON_SUMMARY_FILE"] = str(summary_file)
-        summary_file.unlink(missing_ok=True)
-    env.setdefault("COLUMNS", "200")
-    proc = subprocess.run(
-        [str(BIN / "keelson"), *argv[1:]],
-        cwd=ROOT,
-        env={**env, "NO_COLOR": "1", "TERM": os.environ.get("TERM", "dumb")},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = cli(*argv[1:], inventory=inventory, summary_file=summary_file, timeout=timeout)
     RAN.add((name, command))
     summary = json.loads(summary_file.read_text()) if summary_file and summary_file.exists() else {}
     return PlaybookRun(proc.returncode, proc.stdout + proc.stderr, summary)

@@ -15,7 +15,8 @@ import pytest
 
 from keelson import dashboards
 from keelson.lab import fleet as lab_fleet
-from tests.e2e import https
+from tests.e2e import https, runbooks
+from tests.e2e.conftest import LAB_INVENTORY
 from tests.e2e.probe import on_host, wait_for_prometheus
 from tests.helpers import ROOT
 
@@ -148,3 +149,36 @@ def test_every_dashboard_query_runs_on_the_lab_prometheus(lab, path, user_traffi
     assert not errors, "\n".join(errors)
     print(f"{path.name}: {len(exprs)} queries, {len(empty)} without data: {empty}")
     assert len(empty) <= len(exprs) // 2, f"{path.name}: most queries return nothing: {empty}"
+
+
+def test_container_logs_reach_the_monitoring_host_by_service_and_host(lab):
+    """The app's JSON lines from lab-app1 are in the central journal on lab-edge1, found by
+    service and host — through `keelson logs` and with journalctl's own fields."""
+    deadline = time.monotonic() + 60
+    while True:
+        proc = runbooks.cli("logs", "app", "--host", "lab-app1", "-n", "500", inventory=LAB_INVENTORY, timeout=120)
+        lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+        if any(entry.get("msg") == "ready to serve" for entry in lines):
+            break
+        assert time.monotonic() < deadline, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+        time.sleep(5)
+    out = on_host(
+        lab,
+        "lab-edge1",
+        "sudo",
+        "journalctl",
+        "-D",
+        "/var/log/journal/remote",
+        "-o",
+        "json",
+        "-n",
+        "200",
+        "COM_DOCKER_COMPOSE_SERVICE=postgres",
+    )
+    entries = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    assert entries, out.stderr
+    assert {e.get("_HOSTNAME") for e in entries} == {"lab-db1"}
+    assert {e.get("COM_DOCKER_COMPOSE_PROJECT") for e in entries} == {"keelson-db"}
+    # An unknown service is refused before anything runs.
+    proc = runbooks.cli("logs", "nosuchservice", inventory=LAB_INVENTORY, timeout=60)
+    assert proc.returncode == 2 and "unknown service" in proc.stdout + proc.stderr

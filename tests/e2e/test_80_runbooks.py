@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
 import time
 
 import docker
@@ -17,7 +16,6 @@ import pytest
 from tests.e2e import https, runbooks
 from tests.e2e.conftest import LAB_INVENTORY
 from tests.e2e.probe import on_host
-from tests.helpers import BIN, ROOT, tool_env
 
 pytestmark = pytest.mark.usefixtures("first_converge")
 
@@ -26,16 +24,7 @@ STATUS = "keelson status"
 
 def status_json() -> dict:
     """`keelson status --json` on the lab (the data behind the runbooks' `keelson status`)."""
-    env = {**tool_env(), "KEELSON_INVENTORY": str(LAB_INVENTORY)}
-    proc = subprocess.run(
-        [str(BIN / "keelson"), "status", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = runbooks.cli("status", "--json", inventory=LAB_INVENTORY, timeout=600)
     report = json.loads(proc.stdout)
     report["exit"] = proc.returncode
     return report
@@ -159,7 +148,7 @@ def test_host_lost_runbook(lab, summaries):
     """lab-app2 goes away: status says so (exit 1) while the app still answers; it comes
     back, the runbook converges it, status is healthy again."""
     client = docker.from_env()
-    container = client.containers.get("keelson-lab-lab-app2")
+    container = client.containers.get(lab.host("lab-app2").container_name(lab.name))
     container.stop(timeout=10)
     try:
         run = runbooks.run("host-lost", STATUS, inventory=LAB_INVENTORY)

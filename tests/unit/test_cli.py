@@ -734,3 +734,12 @@ def test_templated_variables_keelson_cannot_evaluate_are_refused():
     inventory.hostvars["m"]["ansible_user"] = "{{ base_deploy_user }}"
     inventory.hostvars["m"]["base_deploy_user"] = "deploy"
     assert logs.ssh_command(inventory, "app", None)[-3] == "deploy@10.0.0.1"
+
+
+def test_logs_filter_on_the_short_host_name():
+    """base sets the short name as the host name: app1.example.com logs as app1."""
+    from keelson import logs
+
+    args = logs.journalctl_args("app", "app1.example.com", 10, False)
+    assert "_HOSTNAME=app1" in args
+    assert "COM_DOCKER_COMPOSE_SERVICE=app" in args
