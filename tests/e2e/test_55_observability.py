@@ -58,6 +58,29 @@ def firing(lab: lab_fleet.Fleet, alertname: str, **labels: str) -> list[dict]:
     ]
 
 
+def test_keelson_status_shows_every_host_healthy(lab):
+    """docs/runbooks/deploy.md's last step: `keelson status` exits 0 — every host reachable,
+    its containers healthy, no alert firing for it (alerts of earlier tests may still be
+    resolving: retried for 3 min) — and the JSON behind it has the backup age and the
+    certificate's days."""
+    deadline = time.monotonic() + 180
+    while True:
+        run = runbooks.run("deploy", "keelson status", inventory=LAB_INVENTORY)
+        if run.returncode == 0:
+            break
+        assert time.monotonic() < deadline, run.output[-5000:]
+        time.sleep(15)
+    assert "healthy" in run.output and "NOT healthy" not in run.output, run.output[-3000:]
+    report = json.loads(runbooks.cli("status", "--json", inventory=LAB_INVENTORY, timeout=600).stdout)
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert set(hosts) == {h.name for h in lab.hosts}
+    assert all(h["reachable"] and h["healthy"] and not h["containers"]["bad"] for h in hosts.values()), hosts
+    assert hosts["lab-app1"]["release"]["image"].startswith("keelson-lab/app:")
+    assert hosts["lab-db1"]["containers"]["total"] >= 4
+    assert isinstance(hosts["lab-db1"]["backup_age_seconds"], int), hosts["lab-db1"]
+    assert 14 < hosts["lab-edge1"]["cert_days_left"] < 400, hosts["lab-edge1"]
+
+
 def test_every_scrape_job_has_its_targets_up(lab):
     """node on every host, the app on each app host (one slot), postgres, redis and the
     blackbox probe on the db host and the edge, each with the inventory's host label."""
