@@ -738,8 +738,6 @@ def test_templated_variables_keelson_cannot_evaluate_are_refused():
 
 def test_logs_filter_on_the_short_host_name():
     """base sets the short name as the host name: app1.example.com logs as app1."""
-    from keelson import logs
-
     args = logs.journalctl_args("app", "app1.example.com", 10, False)
     assert "_HOSTNAME=app1" in args
     assert "COM_DOCKER_COMPOSE_SERVICE=app" in args
