@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -82,3 +83,14 @@ def module_doc(name: str) -> dict:
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)[name]
+
+
+class Clock:
+    """A clock that moves one minute per call, so every release gets its own time."""
+
+    def __init__(self):
+        self.now = datetime.datetime(2026, 5, 9, 7, 0, 0, tzinfo=datetime.UTC)
+
+    def __call__(self):
+        self.now += datetime.timedelta(minutes=1)
+        return self.now

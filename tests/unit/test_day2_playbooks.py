@@ -5,7 +5,6 @@ and images named b2test-* on the local Docker engine (removed afterwards)."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, run_playbook
+from tests.helpers import ROOT, Clock, run_playbook
 
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
 import keelson_release as kr  # noqa: E402
@@ -45,17 +44,6 @@ needs_docker = pytest.mark.skipif(not _docker_works(), reason=f"needs a Docker e
 
 def _compose_v2() -> bool:
     return shutil.which("docker") is not None and _docker("compose", "version", check=False).returncode == 0
-
-
-class Clock:
-    """One minute later on every call: each release gets its own creation time."""
-
-    def __init__(self):
-        self.now = datetime.datetime(2026, 5, 9, 7, 0, 0, tzinfo=datetime.UTC)
-
-    def __call__(self):
-        self.now += datetime.timedelta(minutes=1)
-        return self.now
 
 
 def make_releases(root: Path, project: str, count: int, images=None, clock=None) -> list[str]:

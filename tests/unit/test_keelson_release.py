@@ -4,7 +4,6 @@ the last tests run the real module through ansible and ansible-doc."""
 from __future__ import annotations
 
 import ast
-import datetime
 import itertools
 import json
 import os
@@ -14,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import BIN, ROOT, module_doc, tool_env
+from tests.helpers import BIN, ROOT, Clock, module_doc, tool_env
 
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
 import keelson_release as kr  # noqa: E402
@@ -25,17 +24,6 @@ FILES = {"compose.yaml": COMPOSE, "conf/app.env": "APP_PORT=8001\n"}
 IMAGES = [{"ref": "keelson-lab/app:v1", "id": "sha256:" + "a" * 64}]
 MODULE = ROOT / "plugins" / "modules" / "keelson_release.py"
 MODULE_UTILS = ROOT / "plugins" / "module_utils" / "keelson_release.py"
-
-
-class Clock:
-    """A clock that moves one minute per call, so every release gets its own time."""
-
-    def __init__(self):
-        self.now = datetime.datetime(2026, 5, 9, 7, 0, 0, tzinfo=datetime.UTC)
-
-    def __call__(self):
-        self.now += datetime.timedelta(minutes=1)
-        return self.now
 
 
 @pytest.fixture
