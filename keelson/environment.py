@@ -43,12 +43,18 @@ class InventoryError(Exception):
     """The inventory cannot be used; the message says why and what to do."""
 
 
-def tool_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for Ansible's tools: this venv first on PATH, our ansible.cfg,
-    and an inventory that does not parse is an error (not an empty fleet)."""
+def ansible_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Ansible's tools: this venv first on PATH, our ansible.cfg."""
     env = dict(os.environ if base is None else base)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    return env
+
+
+def tool_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:func:`ansible_env`, and an inventory that does not parse is an error (not an
+    empty fleet)."""
+    env = ansible_env(base)
     env["ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED"] = "true"
     return env
 

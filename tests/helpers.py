@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from keelson.environment import ansible_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -25,10 +26,9 @@ class PlaybookRun:
 
 
 def tool_env() -> dict[str, str]:
-    """The environment for Ansible tools: the venv first on PATH, our ansible.cfg."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    """The environment for Ansible tools (the venv first on PATH, our ansible.cfg), quiet
+    and with the tests' own audit trail."""
+    env = ansible_env()
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     env["ANSIBLE_NOCOLOR"] = "1"
     # Test runs keep their audit trail out of the operator's own (docs/audit.md),
