@@ -1,6 +1,7 @@
 """Rolling upgrades on the lab, under load through the edge (docs/upgrades.md).
 
-In order: bad input refused before any host is drained; v1 -> v2 with zero
+In order: bad input refused before any host is drained; draining a server
+that is DOWN; v1 -> v2 with zero
 failed requests (backup first, migrations once, the upgrade's id on every
 host, the audit trail), a second run that changes nothing; a broken release
 rolled back automatically; rollback.yml back to v1; an app host killed in the
@@ -20,7 +21,7 @@ import pytest
 from tests.e2e import runbooks
 from tests.e2e.conftest import LAB_INVENTORY, assert_refused_before_any_change, lab_playbook
 from tests.e2e.probe import on_host
-from tests.e2e.traffic import edge_states, load, no_failures, serving, slot_versions
+from tests.e2e.traffic import edge_command, edge_states, load, no_failures, serving, slot_versions
 
 APP_HOSTS = ("lab-app1", "lab-app2")
 V1, V2, BROKEN = "keelson-lab/app:v1", "keelson-lab/app:v2", "keelson-lab/app:broken"
@@ -75,6 +76,50 @@ def test_bad_upgrade_input_is_refused_before_any_host_is_drained(fleet, summarie
     run = lab_playbook(summaries, f"upgrade-bad-{message[:10]}", "playbooks/upgrade.yml", *extra)
     assert_refused_before_any_change(run, message)
     assert taken_out() == before
+
+
+DRAIN_DOWN_PLAYBOOK = """
+- ansible.builtin.import_playbook: {connect}
+
+- name: Drain one server of the edge
+  hosts: lab-app1
+  become: true
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: edge
+        tasks_from: server
+      vars:
+        edge_server_name: {server}
+        edge_server_state: drained
+"""
+
+
+def test_draining_a_server_that_is_down_puts_it_in_maintenance(fleet, summaries, tmp_path):
+    """HAProxy never shows DRAIN for a server whose check fails (a slot that lost Redis, a
+    crashed one): the edge's drain sets MAINT at once instead of waiting for it, which had
+    failed a slot switch.  The idle slot of lab-app1 (not running) is taken out of MAINT, so
+    its check fails and it is DOWN, then drained through the edge role."""
+    running = slot_versions(fleet, "lab-app1")
+    idle = [s for s in ("blue", "green") if s not in running]
+    assert len(idle) == 1, running
+    server = f"lab-app1-{idle[0]}"
+    assert edge_states(fleet)[server].startswith("MAINT"), edge_states(fleet)
+    edge_command(fleet, f"set server app/{server} state ready")
+    try:
+        deadline = time.monotonic() + 30
+        while not edge_states(fleet)[server].startswith("DOWN"):
+            assert time.monotonic() < deadline, edge_states(fleet)
+            time.sleep(1)
+        playbook = tmp_path / "drain-down.yml"
+        playbook.write_text(
+            DRAIN_DOWN_PLAYBOOK.format(connect=(LAB_INVENTORY.parents[1] / "playbooks" / "connect.yml"), server=server)
+        )
+        run = lab_playbook(summaries, "drain-down", str(playbook))
+        assert run.returncode == 0, run.output[-5000:]
+        assert edge_states(fleet)[server].startswith("MAINT"), edge_states(fleet)
+    finally:
+        edge_command(fleet, f"set server app/{server} state maint")
 
 
 # --- v1 -> v2 ------------------------------------------------------------------------

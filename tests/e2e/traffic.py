@@ -59,22 +59,29 @@ def edge_states(lab) -> dict[str, str]:
     return {name: row["status"] for name, row in edge_servers(lab).items()}
 
 
-def edge_servers(lab) -> dict[str, dict[str, str]]:
-    """HAProxy's `show stat` row of every server of backend app on the edge."""
+def edge_command(lab, command: str) -> str:
+    """Send one command to HAProxy's runtime API on the edge and return its answer."""
     out = on_host(
         lab,
         "lab-edge1",
         "sudo",
         "python3",
         "-c",
-        "import socket;s=socket.socket(socket.AF_UNIX);s.connect('/run/keelson-edge/admin.sock');"
-        "s.sendall(b'show stat\\n');d=b''\n"
+        "import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect('/run/keelson-edge/admin.sock');"
+        "s.sendall(sys.argv[1].encode()+b'\\n');d=b''\n"
         "while True:\n c=s.recv(65536)\n if not c: break\n d+=c\nprint(d.decode())",
+        command,
     )
     assert out.returncode == 0, out.stderr
-    header = out.stdout.lstrip("# ").splitlines()[0].split(",")
+    return out.stdout
+
+
+def edge_servers(lab) -> dict[str, dict[str, str]]:
+    """HAProxy's `show stat` row of every server of backend app on the edge."""
+    stat = edge_command(lab, "show stat")
+    header = stat.lstrip("# ").splitlines()[0].split(",")
     states = {}
-    for line in out.stdout.splitlines()[1:]:
+    for line in stat.splitlines()[1:]:
         row = dict(zip(header, line.split(","), strict=False))
         if row.get("pxname") == "app" and row.get("svname") not in ("FRONTEND", "BACKEND"):
             states[row["svname"]] = row
