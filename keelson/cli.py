@@ -406,6 +406,8 @@ def fleet_status_command(
         print(json.dumps(report.to_dict(), indent=2))
     else:
         out.print(status_table(report))
+        if report.fleet_alerts:
+            console.print(Text.assemble(("Fleet-wide alerts: ", "red"), ", ".join(report.fleet_alerts)))
         if report.prometheus_error:
             console.print(Text.assemble(("Prometheus did not answer: ", "yellow"), report.prometheus_error))
     raise typer.Exit(0 if report.healthy else 1)

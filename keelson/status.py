@@ -102,10 +102,13 @@ class FleetStatus:
     prometheus_url: str | None
     prometheus_error: str | None
     hosts: list[HostStatus]
+    # Firing alerts that name no host (the public certificate, a blackbox probe,
+    # fleet-wide backup rules): the fleet's, not any one host's.
+    fleet_alerts: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        return all(h.healthy for h in self.hosts)
+        return all(h.healthy for h in self.hosts) and not self.fleet_alerts
 
     def to_dict(self) -> dict:
         hosts = []
@@ -123,6 +126,7 @@ class FleetStatus:
         return {
             "inventory": self.inventory,
             "healthy": self.healthy,
+            "fleet_alerts": self.fleet_alerts,
             "prometheus": {
                 "url": self.prometheus_url,
                 "reachable": self.prometheus_error is None and self.prometheus_url is not None,
@@ -251,8 +255,11 @@ def prometheus_url(inventory: Inventory, group: str = "monitoring") -> str | Non
     return f"http://{address}:{port}"
 
 
-def add_prometheus(hosts: list[HostStatus], prom: Prometheus | None, lb_hosts: list[str]) -> str | None:
-    """Fill the Prometheus columns in place; returns the error, if Prometheus did not answer."""
+def add_prometheus(
+    hosts: list[HostStatus], prom: Prometheus | None, lb_hosts: list[str]
+) -> tuple[str | None, list[str]]:
+    """Fill the Prometheus columns in place; returns the error, if Prometheus did not
+    answer, and the firing alerts that name no host."""
     try:
         if prom is None:
             raise PrometheusError("the inventory has no monitoring host")
@@ -264,7 +271,7 @@ def add_prometheus(hosts: list[HostStatus], prom: Prometheus | None, lb_hosts: l
             h.alerts = UNKNOWN
             h.cert_days_left = UNKNOWN
             h.backup_age_seconds = UNKNOWN
-        return str(exc)
+        return str(exc), []
     by_host: dict[str, list[str]] = {}
     fleet_wide = []
     for alert in alerts:
@@ -284,7 +291,7 @@ def add_prometheus(hosts: list[HostStatus], prom: Prometheus | None, lb_hosts: l
             cert_days[host] = min(value, cert_days.get(host, value))
     backup_age = {s.get("metric", {}).get("host"): float(s["value"][1]) for s in backups}
     for h in hosts:
-        h.alerts = sorted(by_host.get(h.host, []) + fleet_wide)
+        h.alerts = sorted(by_host.get(h.host, []))
         h.cert_days_left = round(cert_days[h.host], 1) if h.host in cert_days else None
         if h.host in backup_age:
             h.backup_age_seconds = round(backup_age[h.host])
@@ -292,15 +299,21 @@ def add_prometheus(hosts: list[HostStatus], prom: Prometheus | None, lb_hosts: l
             # A database host without the metric has never finished a backup (or its
             # timer never ran): say so rather than "not applicable".
             h.backup_age_seconds = NEVER
-    return None
+    return None, sorted(fleet_wide)
 
 
 def build(
     inventory: Inventory, host_files: dict[str, dict | None], prom: Prometheus | None, prom_url: str | None
 ) -> FleetStatus:
     hosts = [host_status(h, inventory.host_groups(h), host_files.get(h)) for h in inventory.hosts]
-    error = add_prometheus(hosts, prom, inventory.group("lb"))
-    return FleetStatus(inventory=str(inventory.path), prometheus_url=prom_url, prometheus_error=error, hosts=hosts)
+    error, fleet_alerts = add_prometheus(hosts, prom, inventory.group("lb"))
+    return FleetStatus(
+        inventory=str(inventory.path),
+        prometheus_url=prom_url,
+        prometheus_error=error,
+        hosts=hosts,
+        fleet_alerts=fleet_alerts,
+    )
 
 
 def status_command(inventory: Inventory, directory: Path, passthrough: tuple[str, ...] = ()) -> list[str]:

@@ -160,6 +160,8 @@ class KeelsonApp(App):
                 table.update_cell(host.host, column, Text(cells[column], style=style))
         verdict = "healthy" if report.healthy else "NOT healthy"
         prom = f"; Prometheus: {report.prometheus_error}" if report.prometheus_error else ""
+        if report.fleet_alerts:
+            prom = f"; fleet-wide alerts: {', '.join(report.fleet_alerts)}{prom}"
         last = f"; {self.last_action}" if self.last_action else ""
         self.set_status_line(f"fleet {verdict}{prom}{last}")
 

@@ -644,6 +644,27 @@ def test_status_json_names_what_is_wrong(tmp_path, launches):
     assert hosts["app1"]["healthy"] is True
 
 
+def test_an_alert_without_a_host_is_the_fleets_not_every_hosts(tmp_path, launches, monkeypatch):
+    files = host_files()
+    files["db1"] = {"host": "db1", "groups": ["db"], "releases": [], "containers": [
+        running("keelson-db-postgres-1", "keelson-db", "postgres")]}  # fmt: skip
+    alerts = [{"labels": {"alertname": "CertificateExpiringSoon"}, "state": "firing"}]
+    with prometheus(alerts, PROM_QUERIES) as (port, _):
+        result = _status(tmp_path, launches, files, port)
+        assert result.exit_code == 1, result.output
+        report = json.loads(result.stdout)
+        assert report["healthy"] is False
+        assert report["fleet_alerts"] == ["CertificateExpiringSoon"]
+        assert all(h["alerts"] == [] and h["healthy"] for h in report["hosts"]), report["hosts"]
+        monkeypatch.setattr("keelson.cli.out", Console(width=200))
+        monkeypatch.setattr("keelson.cli.console", Console(width=200))
+        inventory = write_inventory(tmp_path / "inv2", port)
+        table = cli.invoke(app, ["status", "-i", str(inventory)])
+    assert table.exit_code == 1
+    assert "NOT healthy" in table.output
+    assert "Fleet-wide alerts: CertificateExpiringSoon" in table.output
+
+
 def test_status_without_prometheus_says_unknown(tmp_path, launches):
     result = _status(tmp_path, launches, host_files(), free_port())
     assert result.exit_code == 1, result.output
