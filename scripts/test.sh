@@ -3,17 +3,24 @@
 # end-to-end tests (in their fixed order, on the one lab they bring up) and
 # everything else (lint, unit, Molecule) — each line prefixed with its stream.
 # Extra arguments go to both runs (a -k that selects nothing in one of them is
-# fine there).  Exit status: non-zero if either run failed.
+# fine there).  The last lines name every failed test of both runs (a CI log
+# is often read from its tail).  Exit status: non-zero if either run failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=.venv/bin/pytest
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 
-( "$PYTEST" tests/e2e "$@" 2>&1 | sed -u 's/^/[e2e] /' ) &
+( "$PYTEST" tests/e2e "$@" 2>&1 | tee "$logs/e2e" | sed -u 's/^/[e2e] /' ) &
 e2e=$!
-"$PYTEST" tests/unit tests/lint tests/molecule "$@" 2>&1 | sed -u 's/^/[rest] /'
+"$PYTEST" tests/unit tests/lint tests/molecule "$@" 2>&1 | tee "$logs/rest" | sed -u 's/^/[rest] /'
 rest=$?
 wait "$e2e"
 e2e_rc=$?
+for stream in rest e2e; do
+  # pytest's short summary: "FAILED path::test - message" (the message may be long).
+  grep -E '^(FAILED|ERROR) ' "$logs/$stream" | sed -E "s/ - .*//; s/^/test.sh: [${stream}] /"
+done
 echo "test.sh: lint/unit/Molecule exit ${rest}, end-to-end exit ${e2e_rc} (5: nothing selected)"
 for rc in "$rest" "$e2e_rc"; do
   if ((rc != 0 && rc != 5)); then
