@@ -59,11 +59,13 @@ def wait_healthy(timeout: float = 420) -> dict:
         time.sleep(10)
 
 
-def status_ok(name: str) -> None:
-    """The runbook's `keelson status` once the fleet has settled: exit 0."""
-    wait_healthy()
+def status_ok(name: str) -> dict:
+    """The runbook's `keelson status` once the fleet has settled: exit 0. Returns the
+    healthy `--json` report the wait ended with."""
+    report = wait_healthy()
     run = runbooks.run(name, STATUS, inventory=LAB_INVENTORY)
     assert run.returncode == 0, run.output[-5000:]
+    return report
 
 
 def test_every_runbook_names_keelson_commands():
@@ -85,8 +87,7 @@ def test_every_runbook_names_keelson_commands():
 
 def test_certificates_runbook(lab, summaries):
     """Look at the certificate, renew through the edge role, look again."""
-    status_ok("certificates")
-    before = host_row(status_json(), "lab-edge1")
+    before = host_row(status_ok("certificates"), "lab-edge1")
     run = runbooks.run(
         "certificates",
         "keelson deploy -- --tags edge",
@@ -95,8 +96,7 @@ def test_certificates_runbook(lab, summaries):
     )
     assert run.returncode == 0, run.output[-10000:]
     assert all(s["failures"] == 0 for s in run.summary["hosts"].values())
-    status_ok("certificates")
-    after = host_row(status_json(), "lab-edge1")
+    after = host_row(status_ok("certificates"), "lab-edge1")
     # A certificate far from renewal is kept: the probe sees the same expiry.
     assert isinstance(before["cert_days_left"], float | int), before
     assert isinstance(after["cert_days_left"], float | int), after
@@ -148,7 +148,7 @@ def test_rotate_secret_runbook(lab, summaries):
     assert result.failed <= 3 * RATE, f"{result.summary()}\n{result.failures[:20]}"
     assert "PONG" in redis_ping(lab, new)
     assert "PONG" in redis_ping(lab, old), "the old password must work until the second deploy"
-    # Redis restarted with the two passwords: the alerts its seconds away raised resolve first.
+    # Redis restarted with both passwords: alerts raised while it was away resolve first.
     status_ok("rotate-secret")
 
     (store / "redis-previous").unlink()
