@@ -1,6 +1,6 @@
 """The reference app's image (app/): built for real, run the way compose runs it, probed from inside.
 
-Skipped when no Docker engine answers or the lab's Debian 13 base image is absent (`keelson lab images`).
+Needs a Docker engine (skipped without one, a failure in CI); the lab's Debian 13 base image is built when missing.
 Images are tagged by a hash of their build context, base image and build args, so they are built once and
 reused until app/ changes.  No PostgreSQL or Redis here: the container runs without a network, which
 proves the "not ready" paths; the lab's end-to-end tests cover the ready ones.
@@ -23,6 +23,7 @@ import pytest
 from docker.models.containers import Container
 
 from keelson.lab import images
+from tests import lab_images
 from tests.helpers import ROOT
 
 APP_DIR = ROOT / "app"
@@ -54,14 +55,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="session")
 def client() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except docker.errors.DockerException as exc:
-        pytest.skip(f"no Docker engine: {exc}")
-    if not images.image_exists(client, BASE):
-        pytest.skip(f"base image {BASE} is missing: run `keelson lab images` first")
-    return client
+    assert lab_images.host_image("13") == BASE
+    return lab_images.engine()
 
 
 def build(client: docker.DockerClient, context: Path, name: str, buildargs: dict[str, str]) -> str:

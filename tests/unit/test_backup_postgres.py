@@ -3,8 +3,8 @@ restic, then the restore test (a scratch server from the same image, the
 tables checked against the dump's table of contents, the canary checksum),
 and a restore of one database swapped in with the old one kept.
 
-Uses the lab's PostgreSQL image (``keelson lab images`` builds it) and restic on
-the controller; skipped with the reason when either is missing."""
+Uses the lab's PostgreSQL image (built here when missing, as ``keelson lab images``
+builds it) and restic on the controller (scripts/prereqs.sh installs it)."""
 
 from __future__ import annotations
 
@@ -18,22 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests import lab_images
 from tests.helpers import ROOT
 
 SCRIPT = ROOT / "roles" / "backup" / "files" / "keelson-backup"
 IMAGE = "keelson-lab/postgres:16"
 
 
-def _have_image() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode == 0
-
-
-pytestmark = [
-    pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/prereqs.sh)"),
-    pytest.mark.skipif(not _have_image(), reason=f"{IMAGE} is not built (`keelson lab images`)"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/prereqs.sh)")
 
 
 def psql(container: str, sql: str, db: str = "app") -> str:
@@ -50,6 +42,7 @@ def psql(container: str, sql: str, db: str = "app") -> str:
 
 @pytest.fixture(scope="module")
 def server():
+    assert lab_images.service_image("postgres:16") == IMAGE
     name = f"keelson-unit-pg-{uuid.uuid4().hex[:8]}"
     subprocess.run(
         ["docker", "run", "-d", "--rm", "--name", name, "--network", "none", "-e", "POSTGRES_PASSWORD=unit", IMAGE],

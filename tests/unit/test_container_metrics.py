@@ -1,8 +1,8 @@
 """container-metrics (roles/docker/files/keelson-container-metrics.py) against this machine's Docker engine.
 
-Throwaway containers named ``ctest-<random>-*`` are made from a local image (the lab's Debian host image, no
-registry): one running with Compose-like labels (one value full of characters that need escaping), one that
-exited, one with a healthcheck that passes, one with a healthcheck that fails, one that the engine restarted
+Throwaway containers named ``ctest-<random>-*`` are made from a local image (the lab's Debian host image, built
+when missing; no registry): one running with Compose-like labels (one value full of characters that need escaping),
+one that exited, one with a healthcheck that passes, one with a healthcheck that fails, one that the engine restarted
 twice by its restart policy. The script is run as the timer runs it and its textfile is parsed back. The text
 rendering, the escaping and the failure paths (no engine, no directory) are tested without the engine.
 Everything the tests start is removed again.
@@ -13,10 +13,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -24,10 +22,10 @@ from types import ModuleType
 
 import pytest
 
+from tests import lab_images
 from tests.helpers import ROOT
 
 SCRIPT = ROOT / "roles/docker/files/keelson-container-metrics.py"
-IMAGES = ("keelson-lab/debian:13", "keelson-lab/debian:12")
 SAMPLE = re.compile(
     r'^(\w+)\{container="([^"]*)",project="((?:[^"\\]|\\.)*)",service="([^"]*)",slot="([^"]*)"\} (\S+)$'
 )
@@ -125,13 +123,11 @@ def test_render_with_no_containers_keeps_help_type_and_the_timestamp(cm):
     assert not [line for line in lines if line.startswith("keelson_container_")]
 
 
-def test_promtool_parses_the_text_when_installed(cm):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+def test_promtool_parses_the_text(cm):
     containers = [cm.Container.from_inspect(inspect("x\ny", health="unhealthy", labels={"io.keelson.slot": 'a"b'}))]
+    text = cm.render(containers, 1.0)
     proc = subprocess.run(
-        [promtool, "check", "metrics"], input=cm.render(containers, 1.0), capture_output=True, text=True, check=False
+        [*lab_images.promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     # Exit 1 is a parse error; 3 is lint advice only. The one piece of advice accepted: the agreed name
     # keelson_container_restart_count ends in "_count" (a per-container gauge, not a summary).
@@ -169,15 +165,6 @@ def docker(*args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
-def engine_and_image() -> str | None:
-    if shutil.which("docker") is None or not os.access("/var/run/docker.sock", os.R_OK | os.W_OK):
-        return None
-    for image in IMAGES:
-        if docker("image", "inspect", image, check=False):
-            return image
-    return None
-
-
 def wait_for(what: str, predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -192,9 +179,7 @@ def state(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def containers():
-    image = engine_and_image()
-    if image is None:
-        pytest.skip("no usable Docker engine or no keelson-lab/debian image on this machine")
+    image = lab_images.host_image("13")  # built when missing (no registry here: never pulled)
     prefix = f"ctest-{secrets.token_hex(4)}"
     names = {k: f"{prefix}-{k}" for k in ("running", "exited", "healthy", "unhealthy", "restarted")}
     base = ["run", "-d", "--entrypoint", "/bin/sh", "--label", "io.keelson.test=container-metrics"]

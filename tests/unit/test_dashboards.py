@@ -6,7 +6,7 @@ Prometheus datasource (uid ``keelson-prometheus``) on every panel and target. Ev
 (panel targets, in collapsed rows too, and template variables), made concrete by
 ``keelson.dashboards.concrete``, passes ``promtool check rules`` as a recording rule:
 with the variables at "All" and with chosen values that need escaping. promtool is found
-as in test_monitoring_rules.py (PATH, else the lab's Prometheus image, else skip).
+as in test_monitoring_rules.py (PATH, else the lab's Prometheus image, built when missing).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from keelson import dashboards
+from tests import lab_images
 from tests.helpers import ROOT
-from tests.unit.test_monitoring_rules import _promtool
 
 DASHBOARD_DIR = ROOT / "roles" / "monitoring" / "files" / "dashboards"
 DASHBOARDS = sorted(DASHBOARD_DIR.glob("*.json"))
@@ -46,9 +46,7 @@ def _promtool_check(rules: list[str], tmp_path: Path) -> subprocess.CompletedPro
         "rules": [{"record": f"keelson:dashboard_query:{i}", "expr": expr} for i, expr in enumerate(rules)],
     }
     rules_file.write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False))
-    argv = _promtool()
-    if argv[0] == "docker":  # the lab image: mount the scratch directory too
-        argv = [*argv[:-1], f"--volume={tmp_path}:{tmp_path}:ro", argv[-1]]
+    argv = lab_images.promtool(tmp_path)  # in the lab image: the scratch directory mounted, read as us
     return subprocess.run(
         [*argv, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=120, check=False
     )

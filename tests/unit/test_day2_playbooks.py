@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import lab_images
 from tests.helpers import ROOT, Clock, run_playbook
 
 sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
@@ -30,20 +30,12 @@ def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=check)
 
 
-def _docker_works() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return _docker("image", "inspect", BASE_IMAGE, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-needs_docker = pytest.mark.skipif(not _docker_works(), reason=f"needs a Docker engine with {BASE_IMAGE}")
-
-
-def _compose_v2() -> bool:
-    return shutil.which("docker") is not None and _docker("compose", "version", check=False).returncode == 0
+@pytest.fixture
+def base_image() -> str:
+    """The lab's Debian 13 image (built when missing): the base of the throwaway images and containers."""
+    image = lab_images.host_image("13")
+    assert image == BASE_IMAGE
+    return image
 
 
 def make_releases(root: Path, project: str, count: int, images=None, clock=None) -> list[str]:
@@ -205,7 +197,7 @@ def test_prune_keeps_current_previous_active_and_newest(tmp_path):
 
 
 @pytest.fixture
-def b2_images():
+def b2_images(base_image):
     """Two dangling images of our own (label-only builds on a local base image), removed afterwards."""
     tag = f"b2test-img-{uuid.uuid4().hex[:8]}:x"
     made = []
@@ -229,7 +221,7 @@ def b2_images():
         _docker("image", "rm", tag, check=False)
 
 
-@needs_docker
+@pytest.mark.usefixtures("base_image")
 def test_prune_lists_dangling_images_but_not_those_of_kept_releases(tmp_path, b2_images):
     loose, kept = b2_images
     root = tmp_path / "root"
@@ -250,8 +242,11 @@ def test_prune_lists_dangling_images_but_not_those_of_kept_releases(tmp_path, b2
 
 
 @pytest.fixture
-def b2_containers(tmp_path):
-    """Throwaway containers labelled like compose's, under a tmp root; removed afterwards."""
+def b2_containers(tmp_path, base_image):
+    """Throwaway containers labelled as compose labels its own, under a tmp root; removed afterwards.
+
+    Compose v2 (2.26) counts a container as one of a project's only when it carries every label
+    it sets itself: without ``config-hash`` `docker compose -p NAME stop` finds nothing."""
     root = tmp_path / "root"
     suffix = uuid.uuid4().hex[:6]
     made = []
@@ -270,6 +265,12 @@ def b2_containers(tmp_path):
             f"com.docker.compose.project.working_dir={workdir}",
             "--label",
             "com.docker.compose.oneoff=False",
+            "--label",
+            f"com.docker.compose.config-hash={uuid.uuid4().hex}",
+            "--label",
+            "com.docker.compose.container-number=1",
+            "--label",
+            "com.docker.compose.version=2.26.1",
             *extra,
             BASE_IMAGE,
             "sleep",
@@ -296,7 +297,7 @@ def b2_containers(tmp_path):
             _docker("rm", "--force", name, check=False)
 
 
-@needs_docker
+@pytest.mark.usefixtures("base_image")
 def test_status_writes_one_file_per_reachable_host_and_changes_nothing(tmp_path, b2_containers):
     root, projects, containers = b2_containers
     clock = Clock()
@@ -352,7 +353,7 @@ def test_status_writes_one_file_per_reachable_host_and_changes_nothing(tmp_path,
         assert out_c["project"] == projects["outside"]
 
 
-@needs_docker
+@pytest.mark.usefixtures("base_image")
 def test_status_on_a_host_without_docker_or_releases(tmp_path):
     inventory = local_inventory(
         tmp_path / "hosts.yml",
@@ -381,8 +382,8 @@ def test_status_refuses_a_relative_report_directory(tmp_path):
     assert "must be an absolute directory" in run.output
 
 
-@needs_docker
-def test_stop_picks_the_running_projects_under_the_root_in_order(tmp_path, b2_containers):
+@pytest.mark.usefixtures("base_image")
+def test_stop_picks_the_running_projects_under_the_root_in_order(tmp_path, b2_containers, monkeypatch):
     root, projects, containers = b2_containers
     inventory = local_inventory(tmp_path / "hosts.yml", compose_project_root=str(root))
     book = tasks_playbook(tmp_path / "stop.yml", "compose_project", "stop")
@@ -397,8 +398,8 @@ def test_stop_picks_the_running_projects_under_the_root_in_order(tmp_path, b2_co
     assert f"would stop {projects['outside']}" not in check.output
     assert _docker("inspect", "--format", "{{.State.Running}}", containers["web1"]).stdout.strip() == "true"
 
-    if not _compose_v2():
-        pytest.skip("docker compose v2 is not installed here: the stop itself runs in the lab")
+    for name, value in lab_images.compose_v2_env().items():  # the stop runs `docker compose`
+        monkeypatch.setenv(name, value)
     apply = run_playbook(book, "-i", str(inventory), "-e", order, summary_file=summary, timeout=300)
     assert apply.returncode == 0, apply.output
     assert _docker("inspect", "--format", "{{.State.Running}}", containers["web1"]).stdout.strip() == "false"

@@ -6,53 +6,28 @@ is loaded by at least one test file in ``roles/monitoring/files/tests/`` (its
 it must not; every rules file passes ``promtool check rules``, every test file ``promtool
 test rules``, and every rules file is shipped by the role (``vars/main.yml``). promtool is
 not part of the controller's tools: a ``promtool`` on PATH is used if there is one, else
-the lab's Prometheus image (``keelson-lab/prometheus:lab``) if it has been built, else the
-promtool tests are skipped with the reason.
+the one in the lab's Prometheus image (``keelson-lab/prometheus:lab``, built when missing).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests import lab_images
 from tests.helpers import ROOT
 
 ROLE = ROOT / "roles" / "monitoring"
 ROLE_FILES = ROLE / "files"
 RULE_FILES = sorted((ROLE_FILES / "rules").glob("*.yml"))
 TEST_FILES = sorted((ROLE_FILES / "tests").glob("*.yml"))
-LAB_IMAGE = "keelson-lab/prometheus:lab"
-
-
-def _docker_has_image(image: str) -> bool:
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
-    proc = subprocess.run(
-        [docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, check=False
-    )
-    return proc.returncode == 0
-
-
-def _promtool() -> list[str]:
-    """The promtool command line: the binary on PATH, or one run inside the lab image."""
-    local = shutil.which("promtool")
-    if local:
-        return [local]
-    if _docker_has_image(LAB_IMAGE):
-        mount = f"--volume={ROLE_FILES}:{ROLE_FILES}:ro"
-        # promtool test rules writes a scratch TSDB under /tmp.
-        sandbox = ["--network=none", "--read-only", "--tmpfs=/tmp"]
-        return ["docker", "run", "--rm", *sandbox, mount, "--entrypoint=promtool", LAB_IMAGE]
-    pytest.skip(f"promtool is not on PATH and the image {LAB_IMAGE} is not built (`keelson lab images` builds it)")
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    argv = _promtool()
+    argv = lab_images.promtool(ROLE_FILES)
     if argv[0] == "docker":
         argv = [*argv[:-1], f"--workdir={cwd}", argv[-1]]
     return subprocess.run([*argv, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
