@@ -8,7 +8,10 @@ type: aggregate
 short_description: Audit trail, one JSON line per run (who, which commit, what, on which hosts, outcome)
 description:
   - When a run ends, appends one JSON line to the controller's audit log, and
-    the same line to a log on every host of the run that was reachable.
+    the same line to a log on every host the run reached. A host whose tasks all
+    ran on the controller (assert, set_fact, the input checks of role preflight)
+    was not touched and gets no copy, so a run refused by its input checks
+    contacts no host at all.
   - The line records when the run started and ended, the login that ran it (and
     C(SUDO_USER)), the controller's hostname, the git commit of the checkout the
     playbook came from and whether it had uncommitted changes, the playbook, the
@@ -98,6 +101,35 @@ from ansible.parsing.splitter import parse_kv
 from ansible.plugins.callback import CallbackBase
 
 MSG_LIMIT = 500
+# Actions that run on the controller only: a host that saw nothing else was not contacted.
+CONTROLLER_ACTIONS = frozenset(
+    {
+        "add_host",
+        "assert",
+        "debug",
+        "fail",
+        "group_by",
+        "import_role",
+        "import_tasks",
+        "include_role",
+        "include_tasks",
+        "include_vars",
+        "meta",
+        "set_fact",
+        "set_stats",
+        "validate_argument_spec",
+    }
+)
+
+
+def contacts_host(action: str, delegate_to: str | None) -> bool:
+    """Whether a task with this action (and delegation) reaches its host."""
+    short = action.rsplit(".", 1)[-1] if action.startswith(("ansible.builtin.", "ansible.legacy.")) else action
+    if short in CONTROLLER_ACTIONS:
+        return False
+    return delegate_to in (None, "")
+
+
 STAT_KEYS = {
     "ok": "ok",
     "changed": "changed",
@@ -330,6 +362,7 @@ class CallbackModule(CallbackBase):
         self._clock = None
         self._playbooks = []
         self._failures = {}
+        self._contacted = set()
 
     def _enabled(self):
         return not self.get_option("disabled")
@@ -342,7 +375,16 @@ class CallbackModule(CallbackBase):
         if name:
             self._playbooks.append(os.path.abspath(name))
 
+    def _note_contact(self, result):
+        task = result._task
+        if contacts_host(task.action, task.delegate_to):
+            self._contacted.add(result._host.get_name())
+
+    def v2_runner_on_ok(self, result):
+        self._note_contact(result)
+
     def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._note_contact(result)
         if not ignore_errors:
             self._note_failure(result)
 
@@ -403,10 +445,14 @@ class CallbackModule(CallbackBase):
         }
 
     def _host_copy(self, record: dict, line: str) -> dict | None:
-        """Append the line on each reachable host; None when there is nothing to do."""
+        """Append the line on each host the run reached; None when there is nothing to do."""
         if not self.get_option("host_copy"):
             return None
-        hosts = [host for host, counts in record["hosts"].items() if not counts["unreachable"] and host != "localhost"]
+        hosts = [
+            host
+            for host, counts in record["hosts"].items()
+            if not counts["unreachable"] and host != "localhost" and host in self._contacted
+        ]
         if not hosts:
             return None
         command = host_copy_command(

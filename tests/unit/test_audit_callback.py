@@ -212,6 +212,50 @@ def test_each_reachable_host_gets_the_same_line_but_localhost_and_unreachable_on
     assert host_log.parent.stat().st_mode & 0o777 == 0o750
 
 
+def test_a_run_that_only_ran_controller_tasks_copies_to_no_host(tmp_path, audit_log, monkeypatch):
+    # Input checks (assert, set_fact, include_role of a validate entry point) never reach the
+    # host: a run they refuse must not touch it either, not even for the audit copy.
+    host_log = tmp_path / "hostlog" / "audit.jsonl"
+    monkeypatch.setenv("KEELSON_AUDIT_HOST_COPY", "true")
+    monkeypatch.setenv("KEELSON_AUDIT_HOST_LOG", str(host_log))
+    monkeypatch.setenv("KEELSON_AUDIT_HOST_COPY_BECOME", "false")
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(f"target ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        """
+- name: Only check input
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Remember something
+      ansible.builtin.set_fact:
+        seen: true
+    - name: Refuse the input
+      ansible.builtin.assert:
+        that: false
+        fail_msg: bad input
+"""
+    )
+    run = run_playbook(playbook, "-i", str(inventory), summary_file=None)
+    assert run.returncode == 2, run.output
+    [line] = _lines(audit_log)
+    assert line["result"] == "failed"
+    assert line["failures"]["target"]["msg"] == "bad input"
+    assert line["host_copy"] is None
+    assert not host_log.exists()
+
+
+def test_which_tasks_reach_their_host():
+    plugin = _plugin()
+    assert not plugin.contacts_host("ansible.builtin.assert", None)
+    assert not plugin.contacts_host("validate_argument_spec", None)
+    assert not plugin.contacts_host("ansible.legacy.include_role", None)
+    assert plugin.contacts_host("ansible.builtin.command", None)
+    assert plugin.contacts_host("community.docker.docker_compose_v2", None)
+    assert not plugin.contacts_host("ansible.builtin.command", "localhost")
+
+
 def test_a_failed_host_copy_warns_and_does_not_fail_the_run(tmp_path, audit_log, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
