@@ -32,7 +32,7 @@ from tests.unit.test_preflight import NOWHERE, PROD, SINGLE  # noqa: E402
 
 CASES = [
     ("site.yml", {"ssh_port": 99999}),
-    ("playbooks/upgrade.yml", {"redis_maxmemory": "lots"}),
+    ("playbooks/upgrade.yml", {"app_memory_limit": "big"}),
     ("playbooks/rollback.yml", {"app_slots": []}),
     ("playbooks/onboard.yml", {"edge_domains": []}),
     ("playbooks/patch.yml", {"patch_reboot_timeout": 0}),

@@ -63,12 +63,29 @@ def refused(playbook: str, bad: dict, tmp_path, inventory: list[str] = SINGLE) -
             "firewall_ssh_rate / firewall_icmp_rate like 30/minute",
         ),
         ("playbooks/patch.yml", {"patch_reboot_timeout": 0}, "patch_reboot_timeout must be above 0"),
-        ("playbooks/restore.yml", {"monitoring_retention": "forever"}, "monitoring_retention"),
+        ("playbooks/restore.yml", {"backup_keep_daily": -1}, "backup_keep_daily=-1"),
     ],
 )
 def test_bad_input_is_refused_before_any_host_is_contacted(playbook, bad, message, tmp_path):
     run = refused(playbook, bad, tmp_path)
     assert message in " ".join(run.output.split()), run.output[-3000:]
+
+
+def test_a_playbook_checks_the_roles_it_runs_and_site_yml_checks_them_all(tmp_path):
+    # upgrade.yml runs app (and the edge): a bad Prometheus setting is not its business ...
+    bad = {"monitoring_retention": "forever"}
+    preflight = run_playbook(
+        ROOT / "playbooks" / "preflight.yml",
+        *SINGLE,
+        *NOWHERE,
+        "-e",
+        json.dumps({**bad, "preflight_only": ["app", "edge"]}),
+        summary_file=None,
+    )
+    assert preflight.returncode == 0, preflight.output[-3000:]
+    # ... while site.yml, which runs monitoring, refuses it.
+    run = refused("site.yml", bad, tmp_path)
+    assert "monitoring_retention" in run.output
 
 
 def test_a_wrong_type_gets_a_message_that_names_the_variable(tmp_path):
