@@ -58,7 +58,11 @@ def upgrade(summaries, name: str, image: str, *extra: str, audit_hosts: bool = F
     [
         (["-e", "app_image=keelson-lab/app:v9"], "app_image keelson-lab/app:v9 is unknown"),
         (["-e", f"app_image={V2}", "-e", "upgrade_serial=0"], "upgrade_serial must be"),
-        (["-e", f"app_image={V2}", "-e", "keelson_lb_group=nowhere"], "the inventory has no edge host"),
+        # Refused by the preflight, on the controller, naming the variable.
+        (
+            ["-e", f"app_image={V2}", "-e", "keelson_lb_group=nowhere"],
+            'keelson_lb_group = "nowhere": the inventory has no host in that group',
+        ),
         # Pull delivery from a registry on the host's own loopback: nothing listens, nothing leaves the lab.
         (
             ["-e", "app_image=127.0.0.1:5999/keelson/app:v2", "-e", "keelson_image_delivery=pull"],

@@ -56,6 +56,11 @@ def refused(playbook: str, bad: dict, tmp_path, inventory: list[str] = SINGLE) -
         ),
         ("playbooks/upgrade.yml", {"app_memory_limit": "big"}, "app_memory_limit ('big') must be a size like 512m"),
         ("playbooks/upgrade.yml", {"upgrade_serial": "0"}, "upgrade_serial must be a number of hosts"),
+        (
+            "playbooks/upgrade.yml",
+            {"keelson_lb_group": "nowhere"},
+            'keelson_lb_group = "nowhere": the inventory has no host in that group',
+        ),
         ("playbooks/rollback.yml", {"app_slots": []}, "app_slots must name two distinct slots"),
         (
             "playbooks/onboard.yml",
