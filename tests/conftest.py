@@ -20,6 +20,10 @@ def project_root() -> Path:
     return ROOT
 
 
+def _skip_reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI a test that skips did not run: report it as failed, with the reason it gave.
@@ -30,7 +34,7 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
         return
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = _skip_reason(report)
     report.outcome = "failed"
     report.longrepr = f"skipped in CI, so it did not run: {reason} (CI must provide what the test needs)"
 
@@ -44,5 +48,4 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("skipped tests (they did not run)")
     for report in skipped:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        terminalreporter.line(f"SKIPPED {report.nodeid} - {reason}")
+        terminalreporter.line(f"SKIPPED {report.nodeid} - {_skip_reason(report)}")

@@ -40,15 +40,6 @@ def engine() -> docker.DockerClient:
     return client
 
 
-def image_present(reference: str) -> bool:
-    """True when the engine has ``reference``: by the exit status of `docker image inspect`
-    (its output for a missing image is ``[]``, which is not empty)."""
-    if shutil.which("docker") is None:
-        return False
-    proc = subprocess.run(["docker", "image", "inspect", reference], capture_output=True, check=False, timeout=120)
-    return proc.returncode == 0
-
-
 def host_image(release: str = "13") -> str:
     """The lab's Debian host image for ``release``, built if missing; returns its stable alias."""
     image = images.host_image(release)
