@@ -232,15 +232,27 @@ def _check_serial(serial: str | None) -> None:
         raise _fail(f"--serial {serial!r}: a number of hosts (1 or more) or a percentage (1%-100%)")
 
 
+FullOpt = Annotated[
+    bool,
+    typer.Option(
+        "--full",
+        help="Converge every role in full, also where the host's converge stamp says nothing changed"
+        " (docs/architecture.md, 'The fast path').",
+    ),
+]
+
+
 @app.command("up")
 def fleet_up(
     passthrough: PassthroughArg = None,
     inventory: FleetInventoryOpt = None,
     check: Annotated[bool, typer.Option("--check", help="Dry run: --check --diff.")] = False,
+    full: FullOpt = False,
 ) -> None:
     """Converge the whole fleet: site.yml (provision, harden, stack)."""
     inv = _inventory(inventory)
-    _play(runner.playbook_command("up", inv.path, check=check, passthrough=passthrough or ()))
+    extra = {"connect_fast_path": False} if full else None
+    _play(runner.playbook_command("up", inv.path, extra, check=check, passthrough=passthrough or ()))
 
 
 @app.command()
@@ -248,10 +260,12 @@ def deploy(
     passthrough: PassthroughArg = None,
     inventory: FleetInventoryOpt = None,
     check: Annotated[bool, typer.Option("--check", help="Dry run: --check --diff.")] = False,
+    full: FullOpt = False,
 ) -> None:
     """Deploy the application stack only: playbooks/stack.yml."""
     inv = _inventory(inventory)
-    _play(runner.playbook_command("deploy", inv.path, check=check, passthrough=passthrough or ()))
+    extra = {"connect_fast_path": False} if full else None
+    _play(runner.playbook_command("deploy", inv.path, extra, check=check, passthrough=passthrough or ()))
 
 
 @app.command()

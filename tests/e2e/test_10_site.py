@@ -36,16 +36,56 @@ def test_second_run_changes_nothing(lab, first_converge, summaries):
         "deploy", "keelson environment validate <environment>", inventory=LAB_INVENTORY, environment="lab"
     )
     assert check.returncode == 0, check.output[-3000:]
-    run = runbooks.run("deploy", "keelson up", inventory=LAB_INVENTORY, summary_file=summaries / "second.json")
+    # --full: every task of every role runs (no converge stamp lets a role skip), so this
+    # proves that no task reports a change on a converged fleet.
+    run = runbooks.run("deploy", "keelson up --full", inventory=LAB_INVENTORY, summary_file=summaries / "second.json")
     assert run.returncode == 0, run.output[-15000:]
     assert "site.yml" in run.output
     assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
+    assert "roles/ssh/tasks/converge.yml" in run.output, "a --full run must go through every role"
 
 
 def test_check_and_diff_on_a_converged_fleet_report_no_change(lab, first_converge, summaries):
-    run = runbooks.run("deploy", "keelson up --check", inventory=LAB_INVENTORY, summary_file=summaries / "check.json")
+    run = runbooks.run(
+        "deploy", "keelson up --check --full", inventory=LAB_INVENTORY, summary_file=summaries / "check.json"
+    )
     assert run.returncode == 0, run.output[-15000:]
     assert all(s["changed"] == 0 for s in run.summary["hosts"].values()), run.changed_tasks()
+
+
+def _converged(output: str, role: str) -> set[str]:
+    """Hosts on which `role` did its work (included its converge.yml) in a run's output."""
+    hosts: set[str] = set()
+    for line in output.splitlines():
+        if line.startswith("included: ") and line.split(" for ")[0].endswith(f"/roles/{role}/tasks/converge.yml"):
+            hosts.update(h.strip() for h in line.split(" for ", 1)[1].split(","))
+    return hosts
+
+
+def test_a_plain_run_skips_what_did_not_change_and_puts_drift_right(lab, first_converge, summaries, testinfra_hosts):
+    # Drift on one host, in a file the base role owns: only base on that host may do its work.
+    name = sorted(testinfra_hosts)[0]
+    host = testinfra_hosts[name]
+    dropin = "/etc/systemd/journald.conf.d/keelson.conf"
+    before = host.file(dropin).content_string
+    host.run_test(f"sh -c 'echo \"# edited by hand\" >> {dropin}'")
+    everyone = {h.name for h in lab.hosts}
+
+    check = runbooks.run(
+        "deploy", "keelson up --check", inventory=LAB_INVENTORY, summary_file=summaries / "fast-check.json"
+    )
+    assert check.returncode == 0, check.output[-15000:]
+    assert {h for h, s in check.summary["hosts"].items() if s["changed"]} == {name}, check.changed_tasks()
+    assert host.file(dropin).content_string != before, "check mode must not put the drift right"
+
+    run = runbooks.run("deploy", "keelson up", inventory=LAB_INVENTORY, summary_file=summaries / "fast.json")
+    assert run.returncode == 0, run.output[-15000:]
+    assert {h for h, s in run.summary["hosts"].items() if s["changed"]} == {name}, run.changed_tasks()
+    assert host.file(dropin).content_string == before
+    assert _converged(run.output, "base") == {name}, "base must converge where its file drifted, only there"
+    for role in ("ssh", "firewall", "fail2ban", "logs", "docker", "postgres", "app", "edge", "monitoring", "backup"):
+        assert not _converged(run.output, role), f"{role} converged though nothing it owns changed"
+    assert sorted(run.summary["hosts"]) == sorted(everyone)
 
 
 def test_deploy_user_logs_in_with_the_key_and_has_sudo(lab, first_converge):
