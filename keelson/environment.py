@@ -48,7 +48,20 @@ def ansible_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    if env.get("KEELSON_MITOGEN") == "1":
+        env.update(mitogen_env())
     return env
+
+
+def mitogen_env() -> dict[str, str]:
+    """The settings that run plays with Mitogen's linear strategy (opt-in: KEELSON_MITOGEN=1;
+    docs/architecture.md, "Speed")."""
+    try:
+        import ansible_mitogen  # noqa: PLC0415  (optional, imported only when asked for)
+    except ImportError as exc:
+        raise RuntimeError("KEELSON_MITOGEN=1 needs the mitogen package in the venv (make venv)") from exc
+    strategies = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(strategies), "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
 def tool_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

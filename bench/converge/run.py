@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark: fresh converge and no-op rerun of the host layers (provision +
-harden, the part of site.yml every host gets) on lab fleets of 1, 3 and 6
-hosts, each beside `ansible all -m setup` on the same hosts.  The stack has
-its own benchmark (bench/stack).
+"""Benchmark: fresh converge and no-op reruns of the host layers (provision +
+harden, the part of site.yml every host gets) on lab fleets of 1, 5 and 10
+hosts, each beside `ansible all -m setup` on the same hosts:
 
-Prints seconds and ratios measured side by side in one run; never fails for
-being slow.  Usage:  .venv/bin/python bench/converge/run.py [--sizes 1,3,6]
+- fresh:  the first converge of new hosts;
+- noop:   a plain rerun (the fast path: converge stamps let every role skip);
+- full:   a rerun with -e connect_fast_path=false (every task runs, as
+          before converge stamps);
+- with --mitogen, noop and full again with Mitogen's linear strategy
+  (KEELSON_MITOGEN=1), side by side.
+
+Prints seconds, ratios to `ansible -m setup`, growth from the smallest fleet
+and the forks value in use; never fails for being slow.  The 5-host lab with
+the stack: bench/stack and the numbers in RESULTS.md.
+Usage:  .venv/bin/python bench/converge/run.py [--sizes 1,5,10] [--mitogen]
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from keelson.environment import ansible_env, mitogen_env  # noqa: E402
 from keelson.lab import fleet as lab_fleet  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -52,8 +61,10 @@ def write_inventory(directory: Path, size: int) -> Path:
     return directory
 
 
-def timed(argv: list[str]) -> float:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+def timed(argv: list[str], mitogen: bool = False) -> float:
+    env = ansible_env({k: v for k, v in os.environ.items() if k != "KEELSON_MITOGEN"})
+    if mitogen:
+        env.update(mitogen_env())
     env["ANSIBLE_CALLBACKS_ENABLED"] = "keelson_summary"  # no per-task timer output in the way
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
@@ -64,35 +75,64 @@ def timed(argv: list[str]) -> float:
     return elapsed
 
 
-def measure(size: int) -> dict[str, float]:
+def forks() -> int:
+    out = subprocess.run(
+        [str(BIN / "ansible-config"), "dump", "--only-changed", "-t", "all"],
+        cwd=ROOT,
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    for line in out.splitlines():
+        if line.startswith("DEFAULT_FORKS("):
+            return int(line.rsplit("=", 1)[1])
+    return 5
+
+
+def measure(size: int, mitogen: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix=f"keelson-bench-{size}-") as tmp:
         inventory = write_inventory(Path(tmp), size)
         fleet = lab_fleet.load_fleet(inventory)
         lab_fleet.down(LAB_NAME, log=lambda _m: None)
+        play = [str(BIN / "ansible-playbook"), *HOST_LAYERS, "-i", str(inventory)]
         try:
             lab_fleet.up(fleet, log=lambda _m: None)
-            fresh = timed([str(BIN / "ansible-playbook"), *HOST_LAYERS, "-i", str(inventory)])
+            r = {"fresh": timed(play)}
             # After the fresh converge: the deploy user exists and root logins are off.
-            setup = timed([str(BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.setup"])
-            rerun = timed([str(BIN / "ansible-playbook"), *HOST_LAYERS, "-i", str(inventory)])
+            r["setup"] = timed([str(BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.setup"])
+            r["noop"] = timed(play)
+            r["full"] = timed([*play, "-e", "connect_fast_path=false"])
+            if mitogen:
+                r["mitogen noop"] = timed(play, mitogen=True)
+                r["mitogen full"] = timed([*play, "-e", "connect_fast_path=false"], mitogen=True)
         finally:
             lab_fleet.down(LAB_NAME, log=lambda _m: None)
-    return {"setup": setup, "fresh": fresh, "rerun": rerun}
+    return r
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1,3,6", help="comma-separated fleet sizes (default 1,3,6)")
+    parser.add_argument("--sizes", default="1,5,10", help="comma-separated fleet sizes (default 1,5,10)")
+    parser.add_argument("--mitogen", action="store_true", help="also measure the reruns with Mitogen")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"{'hosts':>5} {'setup s':>8} {'fresh s':>8} {'rerun s':>8} {'fresh/setup':>12} {'rerun/setup':>12}")
+    print(f"forks = {forks()} (ansible.cfg)")
+    columns = ["fresh", "setup", "noop", "full"] + (["mitogen noop", "mitogen full"] if args.mitogen else [])
+    print(f"{'hosts':>5} " + " ".join(f"{c + ' s':>14}" for c in columns) + f" {'noop/setup':>11} {'full/setup':>11}")
+    first = None
     for size in sizes:
-        r = measure(size)
+        r = measure(size, args.mitogen)
+        first = first or (size, r)
         print(
-            f"{size:>5} {r['setup']:>8.1f} {r['fresh']:>8.1f} {r['rerun']:>8.1f}"
-            f" {r['fresh'] / r['setup']:>12.1f} {r['rerun'] / r['setup']:>12.1f}",
+            f"{size:>5} "
+            + " ".join(f"{r[c]:>14.1f}" for c in columns)
+            + f" {r['noop'] / r['setup']:>11.1f} {r['full'] / r['setup']:>11.1f}",
             flush=True,
         )
+        if first[0] != size:
+            growth = ", ".join(f"{c} x{r[c] / first[1][c]:.2f}" for c in columns)
+            print(f"      growth from {first[0]} to {size} hosts: {growth}", flush=True)
 
 
 if __name__ == "__main__":
