@@ -9,7 +9,8 @@ short_description: One hash of everything a converge reads on the controller
 description:
   - Returns one SHA-256 (hex) over the project (C(ansible.cfg), C(site.yml), C(playbooks/), C(roles/),
     C(plugins/) next to the Ansible configuration in use), every inventory source of the run (with
-    every file under an inventory directory, including the secrets a lab keeps there), the extra
+    every file under an inventory directory, including the secrets a lab keeps there, but not an
+    SSH C(known_hosts) file), the extra
     variables given on the command line (the content of C(@file) ones), the controller paths in
     O(paths), the image IDs of O(images) in the controller's Docker, and the terms.
   - A role's converge stamp records this value; a later run skips the role on a host only when
@@ -54,6 +55,9 @@ from ansible.plugins.lookup import LookupBase
 
 PROJECT_ENTRIES = ("ansible.cfg", "site.yml", "playbooks", "roles", "plugins")
 SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache", ".molecule"}
+# SSH client state kept next to an inventory (the lab's): rewritten whenever the lab starts,
+# never read by a role.  A rebuilt host shows in the fingerprint through its machine id.
+SKIP_FILES = {"known_hosts", "known_hosts.old"}
 BIG_FILE = 1 << 20
 
 
@@ -63,7 +67,7 @@ def _digest_path(digest, path: str) -> None:
         for root, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
             for name in sorted(files):
-                if name.endswith((".pyc", ".pyo")):
+                if name.endswith((".pyc", ".pyo")) or name in SKIP_FILES:
                     continue
                 _digest_file(digest, os.path.join(root, name), os.path.relpath(os.path.join(root, name), path))
     else:

@@ -180,6 +180,8 @@ def test_the_fingerprint_changes_with_every_input_and_only_then(project: Path, t
     (project / "roles/base/__pycache__").mkdir()
     (project / "roles/base/__pycache__/x.pyc").write_bytes(b"\0")
     assert fingerprint_of(project) == base, "compiled Python is not input"
+    (project / "inventory/.lab/known_hosts").write_text("h1 ssh-ed25519 AAAA\n")
+    assert fingerprint_of(project) == base, "SSH client state is not input"
 
     for rel in (
         "roles/base/tasks/main.yml",
