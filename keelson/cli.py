@@ -251,7 +251,7 @@ def fleet_up(
 ) -> None:
     """Converge the whole fleet: site.yml (provision, harden, stack)."""
     inv = _inventory(inventory)
-    extra = {"connect_fast_path": False} if full else None
+    extra = {"connect_fast_path": "false"} if full else None
     _play(runner.playbook_command("up", inv.path, extra, check=check, passthrough=passthrough or ()))
 
 
@@ -264,7 +264,7 @@ def deploy(
 ) -> None:
     """Deploy the application stack only: playbooks/stack.yml."""
     inv = _inventory(inventory)
-    extra = {"connect_fast_path": False} if full else None
+    extra = {"connect_fast_path": "false"} if full else None
     _play(runner.playbook_command("deploy", inv.path, extra, check=check, passthrough=passthrough or ()))
 
 

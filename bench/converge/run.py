@@ -58,6 +58,8 @@ def write_inventory(directory: Path, size: int) -> Path:
     main = (ROOT / "inventories" / "lab" / "group_vars" / "all" / "main.yml").read_text()
     main = main.replace("172.30.77.1/32", "172.30.78.1/32")  # the controller on the bench network
     (directory / "group_vars" / "all" / "main.yml").write_text(main)
+    # No monitoring host in a bench fleet: nobody to ship the journal to.
+    (directory / "group_vars" / "all" / "bench.yml").write_text("logs_remote_enabled: false\n")
     return directory
 
 

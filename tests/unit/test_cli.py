@@ -421,6 +421,9 @@ def _ansible_args(argv: list[str]) -> list[str]:
 CASES = [
     (["up"], ["site.yml"]),
     (["up", "--check"], ["site.yml", "--check", "--diff"]),
+    (["up", "--full"], ["site.yml", "-e", "connect_fast_path=false"]),
+    (["up", "--check", "--full"], ["site.yml", "-e", "connect_fast_path=false", "--check", "--diff"]),
+    (["deploy", "--full"], ["playbooks/stack.yml", "-e", "connect_fast_path=false"]),
     (["deploy", "--", "--tags", "app", "-v"], ["playbooks/stack.yml", "--tags", "app", "-v"]),
     (["upgrade"], ["playbooks/upgrade.yml"]),
     (
