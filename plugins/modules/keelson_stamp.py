@@ -21,7 +21,8 @@ description:
   - O(state=present) writes the stamp of O(role) (atomically, mode 0600). O(state=absent) removes it,
     which a role does before it changes anything, so a converge that fails half-way leaves no stamp.
   - A role skips its work only when its stamp is current and its fingerprint equals the run's;
-    the decision is the role's (filter C(keelson_stamp_current)), this module only reports.
+    the decision is made once per run by the C(connect) role (fact C(connect_stamp_current_roles)),
+    this module only reports.
 options:
   state:
     description: C(read) all stamps, write (C(present)) or remove (C(absent)) the stamp of O(role).
